@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Install tracewise and its test tools into the current Python environment.
+# On a machine without an NVIDIA GPU, install the CPU-only torch build first, so pip never pulls the
+# multi-GB CUDA wheels: from a local wheel directory if one is configured (PIP_FIND_LINKS or
+# /opt/wheels), else from the PyTorch CPU index.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if ! "$PY" -c "import torch" 2>/dev/null; then
+  if command -v nvidia-smi >/dev/null 2>&1; then
+    "$PY" -m pip install "torch>=2.4"
+  else
+    cpu_wheel=$(ls ${PIP_FIND_LINKS:-/opt/wheels}/torch-*+cpu-*.whl 2>/dev/null | sort -V | tail -n 1 || true)
+    if [ -n "$cpu_wheel" ]; then
+      "$PY" -m pip install "$cpu_wheel"
+    else
+      "$PY" -m pip install torch --index-url https://download.pytorch.org/whl/cpu
+    fi
+  fi
+fi
+"$PY" -m pip install -e ".[dev]"

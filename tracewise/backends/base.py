@@ -1,0 +1,72 @@
+"""The one protocol every generation backend implements.
+
+A backend turns ``Request``s into ``Completion``s. Chat templates are applied by the backend's
+own tokenizer (the thinking span is kept), token counts are in that tokenizer, and every sample is
+seeded from ``(sampling.seed, request.id, sample_idx)`` so that a resumed run regenerates exactly
+what an uninterrupted run would have produced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Protocol
+
+from tracewise.records import Problem
+
+
+@dataclass
+class SamplingParams:
+    n: int = 1  # samples per request
+    temperature: float = 0.6
+    top_p: float = 1.0
+    max_tokens: int = 512  # new tokens per sample, thinking + answer
+    seed: int = 0
+
+
+@dataclass
+class Request:
+    """One prompt. ``messages`` (chat) or ``prompt`` (raw text, no template) must be set.
+
+    ``prefix`` is assistant text already generated (used by test-time controls that continue a
+    sample); ``problem`` lets procedural backends (embedded teachers) see the problem structure.
+    """
+
+    id: str
+    messages: list[dict] | None = None
+    prompt: str | None = None
+    prefix: str = ""
+    problem: Problem | None = None
+    sample_idxs: list[int] | None = None  # which of 0..n-1 to produce (resume); None = all
+
+
+@dataclass
+class Completion:
+    request_id: str
+    sample_idx: int
+    text: str  # generated text (without the prompt / prefix)
+    n_tokens: int  # generated tokens, in the backend tokenizer
+    finish_reason: str  # "stop" (end-of-turn) or "length" (hit max_tokens)
+    meta: dict = field(default_factory=dict)
+
+
+class Backend(Protocol):
+    name: str
+
+    def generate(
+        self,
+        requests: list[Request],
+        sampling: SamplingParams,
+        progress: Callable[[int], Any] | None = None,
+    ) -> Iterator[list[Completion]]:
+        """Yield batches of completions as they finish (so callers can append them to the store).
+
+        ``progress(k)`` is called with the number of newly finished completions.
+        """
+        ...
+
+
+def sample_seed(seed: int, request_id: str, sample_idx: int) -> int:
+    """A 63-bit seed that depends only on the sample's identity, never on batching or order."""
+    h = hashlib.sha256(f"{seed}|{request_id}|{sample_idx}".encode()).digest()
+    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)

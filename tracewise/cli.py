@@ -1,0 +1,145 @@
+"""The ``tracewise`` command line: one thin command per stage, plus ``quickstart``.
+
+Every stage command takes an optional YAML config (``-c``) and dotted ``KEY=VALUE`` overrides,
+builds the stage's ``XConfig`` and calls its ``run`` — exactly what the Python API does. Bad input
+becomes one clear error line and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import logging
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+import typer
+
+from tracewise.config import dump_config, load_config
+from tracewise.progress import console, setup_logging
+
+log = logging.getLogger("tracewise")
+
+app = typer.Typer(
+    help="tracewise: distil reasoning from teachers into students that are accurate AND cheap.\n\n"
+    "Pipeline: generate → verify → curate → train sft → eval → report. "
+    "Each stage takes -c CONFIG.yaml and KEY=VALUE overrides (dotted for nested fields, e.g. sampling.n=8).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+train_app = typer.Typer(help="Training stages.", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+
+# stage name -> (module, config class, run function name)
+STAGES: dict[str, tuple[str, str]] = {
+    "init-student": ("tracewise.world.init_stage", "InitStudentConfig"),
+    "generate": ("tracewise.generate", "GenerateConfig"),
+    "verify": ("tracewise.verify_stage", "VerifyConfig"),
+    "curate": ("tracewise.curate", "CurateConfig"),
+    "sft": ("tracewise.train.sft", "SFTRunConfig"),
+    "eval": ("tracewise.evaluate", "EvalConfig"),
+    "report": ("tracewise.report", "ReportConfig"),
+}
+
+
+def _fields_help(cls: type, prefix: str = "") -> list[str]:
+    """One line per config field (nested sections expanded), for ``--help``."""
+    lines = []
+    for f in dataclasses.fields(cls):
+        name = prefix + f.name
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if dataclasses.is_dataclass(f.type) or (f.default_factory is not dataclasses.MISSING
+                                                 and dataclasses.is_dataclass(f.default_factory())):
+            sub = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.type
+            lines.extend(_fields_help(type(sub), name + "."))
+            continue
+        if f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        lines.append(f"{name} (default {default!r}): {f.metadata.get('help', '')}")
+    return lines
+
+
+def run_stage(stage: str, config: Optional[Path], overrides: list[str], show: bool = False) -> Path | None:
+    """Load the stage's config from YAML + overrides and run it; errors exit with code 2."""
+    module_name, cls_name = STAGES[stage]
+    module = importlib.import_module(module_name)
+    cls = getattr(module, cls_name)
+    try:
+        cfg = load_config(cls, config, overrides)
+        if show:
+            console.print(dump_config(cfg))
+            return None
+        out = module.run(cfg)
+    except ValueError as e:
+        console.print(f"[bold red]error:[/] {e}")
+        raise typer.Exit(code=2) from None
+    console.print(f"[green]{stage} done:[/] {out}")
+    return out
+
+
+def _register(target: typer.Typer, name: str, stage: str, summary: str) -> None:
+    module_name, cls_name = STAGES[stage]
+
+    def epilog() -> str:
+        try:
+            cls = getattr(importlib.import_module(module_name), cls_name)
+        except Exception:  # help must never crash on an optional dependency
+            return ""
+        return "Config keys (YAML or KEY=VALUE):\n\n" + "\n\n".join(_fields_help(cls))
+
+    def command(
+        overrides: list[str] = typer.Argument(None, help="KEY=VALUE overrides, dotted for nested keys."),
+        config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config file."),
+        print_config: bool = typer.Option(False, "--print-config", help="Print the resolved config and exit."),
+        log_level: str = typer.Option("INFO", "--log-level", help="Logging level."),
+    ) -> None:
+        setup_logging(log_level)
+        run_stage(stage, config, overrides or [], show=print_config)
+
+    command.__doc__ = summary
+    target.command(name, help=summary, epilog=epilog())(command)
+
+
+_register(app, "init-student", "init-student", "Build the tiny embedded student: a BPE tokenizer and a random Llama.")
+_register(app, "generate", "generate", "Generate teacher traces for problems (embedded teachers or any model backend).")
+_register(app, "verify", "verify", "Check each trace's final answer with math-verify and a judge.")
+_register(app, "curate", "curate", "Keep problems every teacher got right; build per-teacher and mixed SFT datasets.")
+_register(train_app, "sft", "sft", "Supervised fine-tuning with TRL SFTTrainer (completion-only loss, cosine).")
+_register(app, "eval", "eval", "Sample a model on held-out problems: pass@k, maj@k, tokens, CIs.")
+_register(app, "report", "report", "Write report.md / report.html / summary.json from eval results.")
+
+
+@app.command()
+def quickstart(
+    overrides: list[str] = typer.Argument(None, help="KEY=VALUE overrides of the quickstart config."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (default: built-in)."),
+    out: Optional[str] = typer.Option(None, "--out", help="Output directory (default runs/quickstart)."),
+    log_level: str = typer.Option("INFO", "--log-level"),
+) -> None:
+    """The paper's experiment in miniature: R1-style vs gpt-oss-style vs 50/50 students, end to end on CPU."""
+    setup_logging(log_level)
+    from tracewise import quickstart as qs
+
+    ov = list(overrides or [])
+    if out:
+        ov.append(f"out={out}")
+    try:
+        cfg = load_config(qs.QuickstartConfig, config, ov)
+        qs.run(cfg)
+    except ValueError as e:
+        console.print(f"[bold red]error:[/] {e}")
+        raise typer.Exit(code=2) from None
+
+
+def main(argv: list[str] | None = None) -> None:
+    app(args=argv)
+
+
+def _entry() -> Callable[[], None]:  # pragma: no cover - console_scripts entry
+    return app
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,1 @@
+"""Training: supervised distillation of reasoning traces and RL with token-cost-aware rewards."""
