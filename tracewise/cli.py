@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import typer
+from rich.markup import escape
 
 from tracewise.config import dump_config, load_config
 from tracewise.progress import console, setup_logging
@@ -61,6 +62,12 @@ def _fields_help(cls: type, prefix: str = "") -> list[str]:
     return lines
 
 
+def _error(e: Exception) -> None:
+    """Print ``e`` as ONE line (no wrapping at the terminal width, '[...]' not read as markup); exit 2."""
+    console.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
+    raise typer.Exit(code=2)
+
+
 def run_stage(stage: str, config: Optional[Path], overrides: list[str], show: bool = False) -> Path | None:
     """Load the stage's config from YAML + overrides and run it; errors exit with code 2."""
     module_name, cls_name = STAGES[stage]
@@ -69,12 +76,13 @@ def run_stage(stage: str, config: Optional[Path], overrides: list[str], show: bo
     try:
         cfg = load_config(cls, config, overrides)
         if show:
-            console.print(dump_config(cfg))
+            # Plain stdout, not the rich stderr console: the YAML must be pipeable into a file and
+            # must not be re-wrapped or have "[...]" values eaten as markup.
+            typer.echo(dump_config(cfg), nl=False)
             return None
         out = module.run(cfg)
     except ValueError as e:
-        console.print(f"[bold red]error:[/] {e}")
-        raise typer.Exit(code=2) from None
+        _error(e)
     console.print(f"[green]{stage} done:[/] {out}")
     return out
 
@@ -129,8 +137,7 @@ def quickstart(
         cfg = load_config(qs.QuickstartConfig, config, ov)
         qs.run(cfg)
     except ValueError as e:
-        console.print(f"[bold red]error:[/] {e}")
-        raise typer.Exit(code=2) from None
+        _error(e)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -49,6 +49,9 @@ class GenerateConfig:
             raise ValueError("generate.tokenizer is required: token counts are taken in the student tokenizer")
         if self.sampling.n < 1 or self.sampling.max_tokens < 1:
             raise ValueError("generate.sampling.n and sampling.max_tokens must be >= 1")
+        # Nested sections built in Python (not via load_config) are not validated by build().
+        self.teacher.validate()
+        self.problems.validate()
 
     @property
     def label(self) -> str:
@@ -103,7 +106,7 @@ def run(cfg: GenerateConfig) -> Path:
     if store.records:
         log.info("generate: resuming, %d traces already done, %d to go", len(store.records), todo)
     backend = make_backend(cfg.backend, cfg.model, cfg.teacher, cfg.batch_size)
-    with progress_bar(f"generate [{cfg.label}]", todo) as advance:
+    with progress_bar(f"generate \\[{cfg.label}]", todo) as advance:  # "\\[": not rich markup
         for batch in backend.generate(requests, cfg.sampling):
             store.append(completion_to_trace(c, cfg.label, tokenizer) for c in batch)
             advance(len(batch))

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from tracewise.benchmarks import BENCHMARKS, benchmark_path, load_benchmark
 from tracewise.config import doc
 from tracewise.records import Problem, from_dict, iter_jsonl
 from tracewise.world.problems import WorldConfig, generate_problems
@@ -17,7 +18,9 @@ from tracewise.world.problems import WorldConfig, generate_problems
 class ProblemsConfig:
     """Which problems a stage works on."""
 
-    source: str = doc("'world' for the embedded world, or a path to a JSONL file with id/question|problem/answer.", "world")
+    source: str = doc("'world' for the embedded world, a benchmark name (gsm8k, math500, aime24, gsm8k_train, "
+                      "math_train; see tracewise.benchmarks), or a path to a JSONL file with "
+                      "id/question|problem/answer.", "world")
     split: str = doc("World split to use: 'train' or 'test'.", "train")
     limit: int | None = doc("Use only the first N problems (None = all).", None)
     world: WorldConfig = doc("Embedded world settings (used when source='world').", factory=WorldConfig)
@@ -27,11 +30,16 @@ class ProblemsConfig:
             raise ValueError(f"problems.split: expected 'train' or 'test', got {self.split!r}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"problems.limit must be >= 1, got {self.limit}")
-        if self.source != "world" and not Path(self.source).exists():
-            raise ValueError(f"problems.source: {self.source}: file not found (use 'world' or a JSONL path)")
+        if self.source != "world" and self.source not in BENCHMARKS and not Path(self.source).exists():
+            raise ValueError(f"problems.source: {self.source}: file not found "
+                             f"(use 'world', a JSONL path or a benchmark: {sorted(BENCHMARKS)})")
+        if self.source == "world":
+            self.world.validate()
 
     def input_files(self) -> list[str]:
         """Files whose bytes define the problems (for the run-dir hash)."""
+        if self.source in BENCHMARKS:
+            return [str(benchmark_path(self.source))]
         return [] if self.source == "world" else [self.source]
 
 
@@ -66,5 +74,7 @@ def read_problem_file(path: str | Path) -> list[Problem]:
 
 
 def load_problems(cfg: ProblemsConfig) -> list[Problem]:
+    if cfg.source in BENCHMARKS:
+        return load_benchmark(cfg.source, limit=cfg.limit)
     problems = generate_problems(cfg.world, cfg.split) if cfg.source == "world" else read_problem_file(cfg.source)
     return problems[: cfg.limit] if cfg.limit else problems

@@ -1,7 +1,14 @@
-"""Stage ``init-student``: build the embedded student (tokenizer + random tiny Llama) on disk.
+"""Stage ``init-student``: build the embedded *base* student (tokenizer + tiny Llama) on disk.
 
 The tokenizer is trained on world text written in *both* teacher styles, so neither style gets
 cheaper tokens by construction; the token ratio between styles then reflects only their length.
+
+The model is then briefly pretrained, with plain next-token loss, on style-neutral text: each
+problem statement written twice, followed by a few arithmetic facts. Why: the paper distils into
+*base* models that can already read and add. Measured while sizing the quickstart (600 SFT steps,
+concise traces, greedy accuracy on 200 test problems): a random-init student reached 12-19%,
+failing mostly at locating the k-th event in the question; the same student after 400 steps of
+this pretraining reached 48%. No teacher trace of either style is in the pretraining text.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from tracewise.store import is_done, mark_done, save_config, stage_dir
 from tracewise.tokens import student_completion
 from tracewise.traces import parse_completion
 from tracewise.world.problems import WorldConfig, generate_problems
-from tracewise.world.student import StudentConfig, init_student
+from tracewise.world.student import StudentConfig, init_student, pretrain
 from tracewise.world.teachers import STYLES, TeacherConfig, write_trace
 
 log = logging.getLogger(__name__)
@@ -26,6 +33,10 @@ def _corpus_world() -> WorldConfig:
     return WorldConfig(seed=12345, n_train=500, n_test=0)
 
 
+def _pretrain_world() -> WorldConfig:
+    return WorldConfig(seed=777, n_train=20000, n_test=0)
+
+
 @dataclass
 class InitStudentConfig:
     """Build the tiny from-scratch student (``tracewise init-student``)."""
@@ -33,6 +44,9 @@ class InitStudentConfig:
     out: str = doc("Root directory; writes <out>/student-<hash>/model/.", "runs", hash=False)
     student: StudentConfig = doc("Model and tokenizer sizes.", factory=StudentConfig)
     corpus_world: WorldConfig = doc("World used to write the tokenizer's training corpus.", factory=_corpus_world)
+    pretrain_steps: int = doc("Steps of style-neutral base pretraining (0 = leave the model random).", 300)
+    pretrain_world: WorldConfig = doc("World whose problem statements make the pretraining text.", factory=_pretrain_world)
+    threads: int = doc("torch CPU threads for pretraining (0 = torch default).", 0, hash=False)
 
 
 def student_corpus(world: WorldConfig) -> list[str]:
@@ -47,6 +61,22 @@ def student_corpus(world: WorldConfig) -> list[str]:
     return corpus
 
 
+def pretraining_docs(world: WorldConfig) -> list[str]:
+    """Style-neutral text: a problem statement twice (so the model learns to read and copy it),
+    then four single-digit facts (so it knows the arithmetic a base model would know)."""
+    import random
+
+    rng = random.Random(world.seed)
+    docs = []
+    for p in generate_problems(world, "train"):
+        facts = []
+        for _ in range(4):
+            a, b = rng.randint(1, 9), rng.randint(1, 9)
+            facts.append(f"{a}+{b}={a + b}." if rng.random() < 0.5 else f"{max(a, b)}-{min(a, b)}={abs(a - b)}.")
+        docs.append(f"{p.question} {p.question} {' '.join(facts)}")
+    return docs
+
+
 def model_path(run_dir: str | Path) -> Path:
     return Path(run_dir) / "model"
 
@@ -59,6 +89,14 @@ def run(cfg: InitStudentConfig) -> Path:
         log.info("init-student: %s is complete, nothing to do", run_dir)
         return run_dir
     save_config(run_dir, cfg)
-    init_student(model_path(run_dir), student_corpus(cfg.corpus_world), cfg.student)
+    path = init_student(model_path(run_dir), student_corpus(cfg.corpus_world), cfg.student)
+    if cfg.pretrain_steps:
+        if cfg.threads:
+            import torch
+
+            torch.set_num_threads(cfg.threads)
+        docs = pretraining_docs(cfg.pretrain_world)
+        history = pretrain(path, docs, cfg.pretrain_steps, seed=cfg.student.seed)
+        (run_dir / "pretrain_log.json").write_text(__import__("json").dumps(history))
     mark_done(run_dir, {"model": "model"})
     return run_dir

@@ -18,16 +18,17 @@ from tracewise.records import Problem
 NAMES = ["Ann", "Ben", "Cara", "Dan", "Eva", "Finn", "Gina", "Hugo", "Ivy", "Jack", "Kim", "Leo"]
 ITEMS = ["apples", "pens", "coins", "cards", "books", "shells", "stamps", "marbles", "eggs", "cups"]
 
-# Phrasings per operation as (verb, sentence); {n} = name, {b} = operand, {i} = item. Several per
-# op so a student must read the verb, not memorise a position. Both teachers quote the verb with
-# its operand ("buys 4"), as real traces restate what they use: that anchors each step to its
-# sentence, which a 2-layer student cannot otherwise find reliably (measured: without the quote,
-# 2 of 3 step errors were picking the wrong sentence's number).
+# Phrasings per operation as (verb, clause); {b} = operand, {i} = item. Several per op so a student
+# must read the verb, not memorise a position. Events are listed with markers (a), (b), ... and both
+# teachers cite the marker and verb of the event they use ("(b) loses 2"), as real traces restate
+# what they use. Measured while sizing the quickstart: without a citable marker a 2-layer student
+# mostly failed at *finding* the k-th event's number (2 of 3 step errors), not at arithmetic.
 PHRASES = {
-    "+": [("gets", "{n} gets {b} more."), ("finds", "{n} finds {b} more."), ("buys", "{n} buys {b} more.")],
-    "-": [("gives away", "{n} gives away {b}."), ("loses", "{n} loses {b}."), ("sells", "{n} sells {b}.")],
-    "*": [("grows", "The {i} grow {b} times."), ("multiplies", "{n} multiplies the {i} by {b}.")],
+    "+": [("gets", "gets {b} more"), ("finds", "finds {b} more"), ("buys", "buys {b} more")],
+    "-": [("gives away", "gives away {b}"), ("loses", "loses {b}"), ("sells", "sells {b}")],
+    "*": [("multiplies", "multiplies the {i} by {b}")],
 }
+MARKERS = "abcdefgh"
 SYMBOL_WORD = {"+": "plus", "-": "minus", "*": "times"}
 
 
@@ -41,6 +42,9 @@ class WorldConfig:
     levels: list[int] = doc("Difficulty levels to draw from; level L chains L+1 operations.", factory=lambda: [1, 2, 3])
     max_value: int = doc("Largest intermediate value allowed; 9 keeps every step a single-digit fact a tiny student can learn.", 9)
     domain: str = doc("World domain (only 'arith' in the quickstart).", "arith")
+    ops: list[str] = doc(
+        "Operations to draw from ('+', '-', '*'). Default +/-: with single-digit values '*' is rare and "
+        "its phrasing costs a tiny student many steps to learn.", factory=lambda: ["+", "-"])
 
     def validate(self) -> None:
         if self.n_train < 0 or self.n_test < 0:
@@ -50,6 +54,8 @@ class WorldConfig:
             raise ValueError(f"world.levels: expected values in 1..4, got {self.levels}")
         if self.max_value < 9:
             raise ValueError("world.max_value must be >= 9")
+        if not self.ops or set(self.ops) - {"+", "-", "*"}:
+            raise ValueError(f"world.ops: expected a non-empty subset of ['+', '-', '*'], got {self.ops}")
         if self.domain != "arith":
             raise ValueError(f"world.domain: unknown domain {self.domain!r}; valid: ['arith']")
 
@@ -59,34 +65,37 @@ def _rng(seed: int, *parts: object) -> random.Random:
     return random.Random(int.from_bytes(h[:8], "little"))
 
 
-def _program(rng: random.Random, n_ops: int, max_value: int) -> tuple[int, list[tuple[str, int, int, int]]]:
+def _program(rng: random.Random, n_ops: int, max_value: int, ops: list[str]) -> tuple[int, list[tuple[str, int, int, int]]]:
     """Draw a start value and ``n_ops`` steps ``(op, operand, before, after)`` within bounds."""
-    while True:
+    for _attempt in range(1000):
         start = rng.randint(2, 9)
         value, steps = start, []
         for _ in range(n_ops):
             options = []
-            for op in ("+", "-", "*"):
+            for op in ops:
                 for b in range(1, 10):
                     after = value + b if op == "+" else value - b if op == "-" else value * b
                     if 1 <= after <= max_value and not (op == "*" and b == 1):
                         options.append((op, b, after))
+            if not options:  # e.g. ops=['+'] from a value that cannot grow: draw a new start
+                break
             op, b, after = rng.choice(options)
             steps.append((op, b, value, after))
             value = after
-        return start, steps
+        if len(steps) == n_ops:
+            return start, steps
+    raise ValueError(f"world: no {n_ops}-step problem fits ops={ops} and max_value={max_value}; widen them")
 
 
-def make_problem(rng: random.Random, pid: str, level: int, split: str, max_value: int) -> Problem:
+def make_problem(rng: random.Random, pid: str, level: int, split: str, max_value: int, ops: list[str]) -> Problem:
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
-    start, steps = _program(rng, level + 1, max_value)
-    sentences = [f"{name} has {start} {item}."]
-    verbs = []
-    for op, b, _before, _after in steps:
-        verb, sentence = rng.choice(PHRASES[op])
+    start, steps = _program(rng, level + 1, max_value, ops)
+    verbs, clauses = [], []
+    for k, (op, b, _before, _after) in enumerate(steps):
+        verb, clause = rng.choice(PHRASES[op])
         verbs.append(verb)
-        sentences.append(sentence.format(n=name, b=b, i=item))
-    sentences.append(f"How many {item} does {name} have now?")
+        clauses.append(f"({MARKERS[k]}) " + clause.format(b=b, i=item))
+    sentences = [f"{name} has {start} {item}.", f"Then {name}: " + ", ".join(clauses) + ".", f"How many {item} now?"]
     return Problem(
         id=pid,
         question=" ".join(sentences),
@@ -121,11 +130,11 @@ def _draw(cfg: WorldConfig, split: str, n: int, exclude: set[str]) -> list[Probl
         rng = _rng(cfg.seed, cfg.domain, split, attempt)
         attempt += 1
         level = cfg.levels[len(out) % len(cfg.levels)]  # balanced levels
-        p = make_problem(rng, f"{cfg.domain}-{split}-{len(out):05d}", level, split, cfg.max_value)
+        p = make_problem(rng, f"{cfg.domain}-{split}-{len(out):05d}", level, split, cfg.max_value, cfg.ops)
+        if attempt > 50 * (n + 10):
+            raise ValueError(f"world: could not draw {n} distinct {split} problems; lower n or widen levels/ops")
         if p.question in seen:
             continue
         seen.add(p.question)
         out.append(p)
-        if attempt > 50 * (n + 10):
-            raise ValueError(f"world: could not draw {n} distinct {split} problems; lower n or raise max_value")
     return out

@@ -116,3 +116,48 @@ def init_student(out_dir: str | Path, corpus: Iterable[str], cfg: StudentConfig)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("student: %d parameters, vocab %d, saved to %s", n_params, len(tokenizer), out_dir)
     return out_dir
+
+
+def pretrain(path: str | Path, docs: list[str], steps: int, *, batch_size: int = 32, lr: float = 3e-3,
+             seed: int = 0) -> list[dict]:
+    """Plain next-token pretraining of the saved student on ``docs``; saves in place.
+
+    A short hand loop rather than a Trainer: it runs once per world, needs no checkpoints (it
+    takes about a minute and the stage reruns it whole), and keeps init-student free of TRL.
+    """
+    import random
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tracewise.progress import progress_bar
+
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    tok = AutoTokenizer.from_pretrained(str(path))
+    model = AutoModelForCausalLM.from_pretrained(str(path))
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    warmup = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * max(0.05, 1 - s / steps))
+    tok.padding_side = "right"
+    history = []
+    with progress_bar("pretrain base student", steps) as advance:
+        for step in range(steps):
+            batch = [tok.bos_token + d + tok.eos_token for d in rng.sample(docs, batch_size)]
+            enc = tok(batch, return_tensors="pt", padding=True, add_special_tokens=False)
+            labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+            loss = model(**enc, labels=labels).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad()
+            if step % 10 == 0 or step == steps - 1:
+                history.append({"step": step, "loss": round(loss.item(), 4)})
+            advance(1)
+    tok.padding_side = "left"
+    model.save_pretrained(str(path))
+    tok.save_pretrained(str(path))
+    log.info("pretrained base student: loss %.3f -> %.3f in %d steps", history[0]["loss"], history[-1]["loss"], steps)
+    return history

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from tracewise.backends.base import sample_seed
 from tracewise.config import doc
 from tracewise.records import Problem
+from tracewise.world.problems import MARKERS
 
 STYLES = ("r1", "gpt-oss")
 
@@ -90,10 +91,11 @@ def _r1_text(problem: Problem, steps: list[tuple], rng: random.Random, cfg: Teac
         rng.choice(["Okay, let me see.", "Okay, so I need to figure this out.", "Alright, let me think."]),
         f"{name} starts with {start} {item}.",
     ]
-    for (op, b, before, after), verb in zip(steps, problem.meta["verbs"]):
-        lines.append(f"Then {name} {verb} {b}, so I compute {_eq(before, op, b, after, True)}.")
+    for k, ((op, b, before, after), verb) in enumerate(zip(steps, problem.meta["verbs"])):
+        cite = f"({MARKERS[k]}) {verb} {b}"
+        lines.append(f"Next, {cite}, so I compute {_eq(before, op, b, after, True)}.")
         if rng.random() < cfg.slip_rate:
-            lines[-1] = f"Then {name} {verb} {b}, so {_eq(before, op, b, _wrong(rng, after), True)}."
+            lines[-1] = f"Next, {cite}, so {_eq(before, op, b, _wrong(rng, after), True)}."
             lines.append(f"Wait, that is not right. Let me redo it: {_eq(before, op, b, after, True)}.")
         elif rng.random() < cfg.recheck_rate:
             lines.append(f"Wait, let me double check that: {_eq(before, op, b, after, True)}. Yes, that is right.")
@@ -112,8 +114,8 @@ def _r1_text(problem: Problem, steps: list[tuple], rng: random.Random, cfg: Teac
 
 def _gptoss_text(problem: Problem, steps: list[tuple]) -> str:
     parts = [f"{problem.meta['start']} {problem.meta['item']}."]
-    for (op, b, before, after), verb in zip(steps, problem.meta["verbs"]):
-        parts.append(f"{verb} {b}: {_eq(before, op, b, after, False)}.")
+    for k, ((op, b, before, after), verb) in enumerate(zip(steps, problem.meta["verbs"])):
+        parts.append(f"({MARKERS[k]}) {verb} {b}: {_eq(before, op, b, after, False)}.")
     return " ".join(parts)
 
 

@@ -1,0 +1,50 @@
+"""Shared fixtures: a session-wide tiny embedded student, and no progress bars in tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# The machine is shared: torch (imported lazily, by whichever test needs it) must not grab every
+# core. OMP_NUM_THREADS covers a torch imported later; fixtures that use torch also set it directly.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# Small enough to build in a few seconds, large enough for the BPE merges the ratio tests need.
+TINY_STUDENT = dict(vocab_size=300, hidden_size=32, num_heads=2, num_layers=1, intermediate_size=64,
+                    max_position_embeddings=512)
+
+
+@pytest.fixture(autouse=True)
+def _no_progress(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRACEWISE_NO_PROGRESS", "1")
+
+
+@pytest.fixture(scope="session")
+def student_run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The ``init-student`` run directory of a tiny embedded student (built once per session)."""
+    import torch
+
+    from tracewise.world.init_stage import InitStudentConfig, run
+    from tracewise.world.student import StudentConfig
+
+    torch.set_num_threads(1)
+
+    return run(InitStudentConfig(out=str(tmp_path_factory.mktemp("student")), student=StudentConfig(**TINY_STUDENT)))
+
+
+@pytest.fixture(scope="session")
+def student_path(student_run_dir: Path) -> str:
+    """Path of the tiny student's model + tokenizer directory (loadable with ``from_pretrained``)."""
+    from tracewise.world.init_stage import model_path
+
+    return str(model_path(student_run_dir))
+
+
+@pytest.fixture(scope="session")
+def student_tokenizer(student_path: str):
+    from tracewise.tokens import load_tokenizer
+
+    return load_tokenizer(student_path)

@@ -1,0 +1,152 @@
+"""config: YAML + dotted overrides into dataclasses; errors name the key and the file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tracewise.config import build, describe, doc, dump_config, load_config, parse_override
+from tracewise.generate import GenerateConfig
+from tracewise.world.judge import JudgeConfig
+from tracewise.world.problems import WorldConfig
+from tracewise.world.teachers import TeacherConfig
+
+
+@dataclass
+class Opt:
+    flag: bool = doc("a flag", False)
+    ratio: float = doc("a float", 0.5)
+    limit: int | None = doc("optional int", None)
+    names: list[str] = doc("names", factory=lambda: ["a"])
+
+
+@dataclass
+class Top:
+    steps: int = doc("steps", 10)
+    opt: Opt = doc("nested", factory=Opt)
+    label: str = doc("label", "x")
+
+
+def _yaml(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "cfg.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_yaml_plus_dotted_overrides(tmp_path: Path) -> None:
+    p = _yaml(tmp_path, "sampling:\n  n: 2\n  temperature: 0.9\nproblems:\n  world:\n    n_train: 30\n")
+    cfg = load_config(GenerateConfig, p, ["tokenizer=t", "sampling.n=4", "problems.world.levels=[1,2]", "teacher.style=gpt-oss"])
+    assert cfg.sampling.n == 4  # override beats YAML
+    assert cfg.sampling.temperature == 0.9  # YAML beats default
+    assert cfg.problems.world.n_train == 30
+    assert cfg.problems.world.levels == [1, 2]
+    assert cfg.teacher.style == "gpt-oss"
+    # untouched nested defaults survive a partial section
+    assert cfg.sampling.max_tokens == 512 and cfg.problems.world.n_test == 200 and cfg.problems.source == "world"
+    assert cfg.teacher.error_rate == TeacherConfig().error_rate
+
+
+def test_overrides_without_file_and_list_forms() -> None:
+    cfg = load_config(GenerateConfig, None, ["tokenizer=t", "problems.world.levels=1,3", "teacher.error_rate=[0, 0.5, 1]"])
+    assert cfg.problems.world.levels == [1, 3]
+    assert cfg.teacher.error_rate == [0.0, 0.5, 1.0]
+    assert load_config(GenerateConfig, None, ["tokenizer=t", "problems.world.levels=2"]).problems.world.levels == [2]
+    assert load_config(GenerateConfig, None, ["tokenizer=t"]).sampling.n == 1
+    with pytest.raises(ValueError, match="tokenizer is required"):
+        load_config(GenerateConfig)
+
+
+def test_parse_override_values() -> None:
+    assert parse_override("train.lr=0.001") == (["train", "lr"], 0.001)
+    assert load_config(Top, None, ["opt.ratio=1e-3"]).opt.ratio == 0.001  # YAML reads 1e-3 as str; float() fixes it
+    assert parse_override("a.b=[1, 2]") == (["a", "b"], [1, 2])
+    assert parse_override("name=") == (["name"], "")
+    assert parse_override("expr=a=b") == (["expr"], "a=b")
+    with pytest.raises(ValueError, match="expected KEY=VALUE"):
+        parse_override("sampling.n")
+
+
+def test_unknown_key_names_key_and_file(tmp_path: Path) -> None:
+    p = _yaml(tmp_path, "sampling:\n  n: 2\n  temprature: 0.9\n")
+    with pytest.raises(ValueError) as ei:
+        load_config(GenerateConfig, p)
+    msg = str(ei.value)
+    assert str(p) in msg and "sampling" in msg and "temprature" in msg and "temperature" in msg  # valid keys listed
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['nonexistent'\]"):
+        load_config(GenerateConfig, None, ["tokenizer=t", "nonexistent=1"])
+
+
+def test_wrong_type_errors_name_the_key(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"sampling\.n: expected int, got 'abc'"):
+        load_config(GenerateConfig, None, ["sampling.n=abc"])
+    with pytest.raises(ValueError, match=r"sampling\.n: expected an integer, got 2\.5"):
+        load_config(GenerateConfig, None, ["sampling.n=2.5"])
+    with pytest.raises(ValueError, match=r"sampling\.n: expected int, got True"):
+        load_config(GenerateConfig, None, ["sampling.n=true"])
+    with pytest.raises(ValueError, match=r"problems: expected a mapping"):
+        load_config(GenerateConfig, None, ["problems=3"])
+    with pytest.raises(ValueError, match=r"'sampling' is not a section"):
+        load_config(GenerateConfig, None, ["sampling=3", "sampling.n=2"])
+    p = _yaml(tmp_path, "sampling:\n  n: [1, 2]\n")
+    with pytest.raises(ValueError, match=rf"{p}\.sampling\.n: expected int"):
+        load_config(GenerateConfig, p)
+
+
+def test_file_errors(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="config file not found"):
+        load_config(GenerateConfig, tmp_path / "nope.yaml")
+    with pytest.raises(ValueError, match="not valid YAML"):
+        load_config(GenerateConfig, _yaml(tmp_path, "a: [1, 2\n"))
+    with pytest.raises(ValueError, match="expected a mapping at top level"):
+        load_config(GenerateConfig, _yaml(tmp_path, "- 1\n- 2\n"))
+    assert load_config(TeacherConfig, _yaml(tmp_path, "")) == TeacherConfig()  # empty file = defaults
+
+
+@pytest.mark.parametrize("text, value", [("true", True), ("false", False), ("yes", True), ("no", False),
+                                         ("True", True), ("1", True), ("0", False)])
+def test_bool_parsing(text: str, value: bool) -> None:
+    assert build(Top, {"opt": {"flag": text}}).opt.flag is value
+    assert load_config(Top, None, [f"opt.flag={text}"]).opt.flag is value
+
+
+def test_bool_rejects_garbage_and_int_rejects_bool() -> None:
+    with pytest.raises(ValueError, match=r"opt\.flag: expected true/false, got 'maybe'"):
+        load_config(Top, None, ["opt.flag=maybe"])
+    with pytest.raises(ValueError, match=r"config\.steps: expected int"):
+        build(Top, {"steps": False})
+
+
+def test_nested_defaults_preserved_and_optional(tmp_path: Path) -> None:
+    cfg = load_config(Top, _yaml(tmp_path, "opt:\n  ratio: 2\n"))
+    assert cfg.opt == Opt(ratio=2.0) and isinstance(cfg.opt.ratio, float)
+    assert cfg.steps == 10 and cfg.label == "x"
+    assert load_config(Top, None, ["opt.limit=5"]).opt.limit == 5
+    assert load_config(Top, None, ["opt.limit=null"]).opt.limit is None
+    with pytest.raises(ValueError, match=r"opt\.limit: expected int"):
+        load_config(Top, None, ["opt.limit=many"])
+    assert load_config(Top, None, ["label=42"]).label == "42"  # a YAML number is fine as a string
+    with pytest.raises(ValueError, match=r"label: expected a string"):
+        load_config(Top, None, ["label=[1]"])
+
+
+def test_validate_runs_on_load() -> None:
+    for ov, needle in [
+        ("teacher.error_rate=[0.1, 1.5]", "error_rate"),
+        ("teacher.style=verbose", "unknown style 'verbose'"),
+        ("problems.world.levels=[7]", "levels"),
+        ("problems.split=dev", "split"),
+        ("backend=nope", "unknown backend"),
+    ]:
+        with pytest.raises(ValueError, match=needle):
+            load_config(GenerateConfig, None, ["tokenizer=t", ov])
+
+
+def test_dump_round_trips(tmp_path: Path) -> None:
+    cfg = load_config(GenerateConfig, None, ["sampling.n=3", "problems.world.levels=[2]", "tokenizer=tok"])
+    again = load_config(GenerateConfig, _yaml(tmp_path, dump_config(cfg)))
+    assert again == cfg
+    assert load_config(JudgeConfig, None, []) == JudgeConfig() and WorldConfig().levels == [1, 2, 3]
+    text = describe(Top)
+    assert "steps = 10: steps" in text and "opt" in text
