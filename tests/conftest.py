@@ -32,7 +32,10 @@ def student_run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     torch.set_num_threads(1)
 
-    return run(InitStudentConfig(out=str(tmp_path_factory.mktemp("student")), student=StudentConfig(**TINY_STUDENT)))
+    # pretrain_steps=0: the shared fixture needs a loadable student, not a trained one (test_pipeline
+    # covers pretraining).
+    return run(InitStudentConfig(out=str(tmp_path_factory.mktemp("student")), student=StudentConfig(**TINY_STUDENT),
+                                 pretrain_steps=0))
 
 
 @pytest.fixture(scope="session")

@@ -37,6 +37,7 @@ app.add_typer(train_app, name="train")
 STAGES: dict[str, tuple[str, str]] = {
     "init-student": ("tracewise.world.init_stage", "InitStudentConfig"),
     "generate": ("tracewise.generate", "GenerateConfig"),
+    "ingest": ("tracewise.ingest", "IngestConfig"),
     "verify": ("tracewise.verify_stage", "VerifyConfig"),
     "curate": ("tracewise.curate", "CurateConfig"),
     "sft": ("tracewise.train.sft", "SFTRunConfig"),
@@ -112,6 +113,7 @@ def _register(target: typer.Typer, name: str, stage: str, summary: str) -> None:
 
 _register(app, "init-student", "init-student", "Build the tiny embedded student: a BPE tokenizer and a random Llama.")
 _register(app, "generate", "generate", "Generate teacher traces for problems (embedded teachers or any model backend).")
+_register(app, "ingest", "ingest", "Import real teacher traces (R1 <think>, gpt-oss harmony, Nemotron, plain) as Trace records.")
 _register(app, "verify", "verify", "Check each trace's final answer with math-verify and a judge.")
 _register(app, "curate", "curate", "Keep problems every teacher got right; build per-teacher and mixed SFT datasets.")
 _register(train_app, "sft", "sft", "Supervised fine-tuning with TRL SFTTrainer (completion-only loss, cosine).")

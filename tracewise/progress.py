@@ -23,6 +23,19 @@ def setup_logging(level: str = "INFO") -> None:
     logging.basicConfig(level=level, format="%(message)s", handlers=[handler])
     for noisy in ("httpx", "datasets", "transformers", "urllib3", "filelock", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet_library_bars()
+
+
+def quiet_library_bars() -> None:
+    """Silence transformers'/datasets' own tqdm bars: our rich bars already show the stage's progress."""
+    try:
+        import datasets
+        import transformers
+
+        datasets.disable_progress_bars()
+        transformers.utils.logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - both are dependencies
+        pass
 
 
 @contextlib.contextmanager

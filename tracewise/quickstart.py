@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 
 def _world() -> WorldConfig:
-    return WorldConfig(n_train=6000, n_test=100)
+    return WorldConfig(n_train=4000, n_test=100)
 
 
 def _teachers() -> list[TeacherConfig]:
@@ -44,8 +44,8 @@ def _teachers() -> list[TeacherConfig]:
 class TrainSettings:
     """Training settings shared by every quickstart student (same steps and batch for all)."""
 
-    max_steps: int = doc("Optimizer steps per student.", 600)
-    batch_size: int = doc("Batch size.", 32)
+    max_steps: int = doc("Optimizer steps per student.", 1200)
+    batch_size: int = doc("Batch size.", 16)
     learning_rate: float = doc("Peak learning rate.", 3e-3)
     warmup_ratio: float = doc("Warmup fraction.", 0.05)
     logging_steps: int = doc("Loss logging interval.", 10)
@@ -58,6 +58,7 @@ class QuickstartConfig:
     out: str = doc("Output directory (report.html, report.md, summary.json and all stage run dirs).", "runs/quickstart")
     world: WorldConfig = doc("Embedded world: problem counts, levels, seed.", factory=_world)
     student: StudentConfig = doc("Tiny student architecture.", factory=StudentConfig)
+    pretrain_steps: int = doc("Style-neutral base pretraining steps of the student (see init-student).", 300)
     teachers: list[TeacherConfig] = doc("Procedural teachers (style and error rates).", factory=_teachers)
     judge: JudgeConfig = doc("Procedural judge error rates.", factory=JudgeConfig)
     filter: str = doc("Correctness filter for curation: judge | math_verify | both | none.", "both")
@@ -77,8 +78,11 @@ class QuickstartConfig:
 
 def _train_one(cfg: sft.SFTRunConfig) -> str:
     """Child-process entry: one student, one thread (two small models train faster side by side)."""
+    from tracewise.progress import quiet_library_bars
+
     os.environ["TRACEWISE_NO_PROGRESS"] = "1"
     logging.basicConfig(level=logging.WARNING)
+    quiet_library_bars()
     return str(sft.run(cfg))
 
 
@@ -110,7 +114,8 @@ def run(cfg: QuickstartConfig) -> Path:
         timings[name] = round(time.time() - t0, 2)
         t0 = time.time()
 
-    student_dir = init_stage.run(init_stage.InitStudentConfig(out=str(out), student=cfg.student))
+    student_dir = init_stage.run(init_stage.InitStudentConfig(out=str(out), student=cfg.student,
+                                                                       pretrain_steps=cfg.pretrain_steps))
     base_model = str(init_stage.model_path(student_dir))
     lap("init-student")
     problems = ProblemsConfig(source="world", split="train", world=cfg.world)

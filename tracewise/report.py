@@ -200,7 +200,8 @@ def plot_learning_curves(curves: list[tuple[str, list[float], list[float]]], pat
     for label, steps, losses in curves:
         ax.plot(steps, losses, label=label)
     ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
+    ax.set_ylabel("training loss (log scale)")
+    ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend()
     return _save(fig, path)

@@ -49,8 +49,10 @@ def path_digest(path: str | os.PathLike) -> str:
     if path.is_dir():
         for p in sorted(q for q in path.rglob("*") if q.is_file()):
             rel = p.relative_to(path).as_posix()
-            if rel.startswith("checkpoint-") or "/checkpoint-" in rel or rel.endswith(".partial.jsonl"):
-                continue  # training scratch does not define the artifact
+            name = p.name
+            if rel.startswith("checkpoint-") or "/checkpoint-" in rel or rel.endswith(".partial.jsonl") \
+                    or (name.startswith("cache-") and name.endswith(".arrow")):
+                continue  # training scratch and `datasets` map caches do not define the artifact
             h.update(rel.encode() + b"\0")
             h.update(_file_sha(p).encode())
     elif path.is_file():
@@ -70,7 +72,10 @@ def _file_sha(p: Path) -> str:
 
 def stage_dir(out: str | os.PathLike, stage: str, cfg: Any, inputs: Iterable[str | os.PathLike] = ()) -> Path:
     """Directory for this stage run: ``<out>/<stage>-<12 hex of the content hash>``."""
+    from tracewise import ARTIFACT_VERSION
+
     payload = {
+        "artifact_version": ARTIFACT_VERSION,
         "stage": stage,
         "config": config_fingerprint(cfg),
         "inputs": [path_digest(p) for p in inputs],

@@ -96,7 +96,8 @@ def _load_dataset(path: str):
     from datasets import load_from_disk
 
     try:
-        ds = load_from_disk(path)
+        # In memory: TRL's preprocessing must not write cache files into curate's (immutable) output.
+        ds = load_from_disk(path, keep_in_memory=True)
     except Exception as e:
         raise ValueError(f"{path}: not a dataset saved by `curate` ({type(e).__name__}: {e})") from None
     missing = {"prompt", "completion"} - set(ds.column_names)
@@ -167,6 +168,9 @@ def run(cfg: SFTRunConfig) -> Path:
     )
     trainer_cls = _trainer_class() if cfg.fast_loss else __import__("trl").SFTTrainer
     trainer = trainer_cls(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # it prints raw dicts; losses go to logging + log_history.json
     trainer.add_callback(_progress_callback(cfg.max_steps, cfg.experiment or "sft"))
     resume = _last_checkpoint(ckpt_root)
     if resume:
@@ -198,6 +202,10 @@ def _progress_callback(total: int, label: str):
 
         def on_step_end(self, args, state, control, **kw):
             self._advance(1)
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "loss" in logs and state.global_step % (args.logging_steps * 10) == 0:
+                log.info("train sft [%s] step %d/%d loss %.4f", label, state.global_step, total, float(logs["loss"]))
 
         def on_train_end(self, args, state, control, **kw):
             self._cm.__exit__(None, None, None)

@@ -37,11 +37,12 @@ class TeacherConfig:
     format_error_rate: float = doc("Probability the final answer is missing (a realistic formatting failure).", 0.01)
     slip_rate: float = doc("r1 only: per-step probability of a slip that is noticed and corrected ('Wait, ...').", 0.15)
     recheck_rate: float = doc("r1 only: per-step probability of re-checking a correct step.", 0.5)
+    restate_rate: float = doc("r1 only: per-step probability of restating the running total in words.", 0.3)
 
     def validate(self) -> None:
         if self.style not in STYLES:
             raise ValueError(f"teacher.style: unknown style {self.style!r}; valid: {list(STYLES)}")
-        for name in ("format_error_rate", "slip_rate", "recheck_rate"):
+        for name in ("format_error_rate", "slip_rate", "recheck_rate", "restate_rate"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"teacher.{name} must be in [0, 1], got {v}")
@@ -99,7 +100,8 @@ def _r1_text(problem: Problem, steps: list[tuple], rng: random.Random, cfg: Teac
             lines.append(f"Wait, that is not right. Let me redo it: {_eq(before, op, b, after, True)}.")
         elif rng.random() < cfg.recheck_rate:
             lines.append(f"Wait, let me double check that: {_eq(before, op, b, after, True)}. Yes, that is right.")
-        lines.append(f"So now {name} has {after} {item}.")
+        if rng.random() < cfg.restate_rate:
+            lines.append(f"So now {name} has {after} {item}.")
     final = steps[-1][3]
     lines.append(
         rng.choice(
@@ -113,7 +115,7 @@ def _r1_text(problem: Problem, steps: list[tuple], rng: random.Random, cfg: Teac
 
 
 def _gptoss_text(problem: Problem, steps: list[tuple]) -> str:
-    parts = [f"{problem.meta['start']} {problem.meta['item']}."]
+    parts = []
     for k, ((op, b, before, after), verb) in enumerate(zip(steps, problem.meta["verbs"])):
         parts.append(f"({MARKERS[k]}) {verb} {b}: {_eq(before, op, b, after, False)}.")
     return " ".join(parts)

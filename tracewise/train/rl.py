@@ -1,0 +1,364 @@
+"""Stage ``train rl``: reason shorter with RL — TRL ``GRPOTrainer`` (or ``RLOOTrainer``) on length-penalised rewards.
+
+The recipe follows Arora & Zanette (2025), "Training Language Models to Reason Efficiently": start
+from an SFT checkpoint, sample ``num_generations`` = 8 completions per prompt at temperature 0.6,
+reward ``correct * (1 - alpha * sigmoid(z(length)))`` (``arora_zanette`` in
+:mod:`tracewise.train.rewards`; any reward spec list works), KL coefficient ``beta`` = 1e-3. The
+paper's advantage is leave-one-out (``algorithm: rloo``); ``grpo`` (group-normalised) is the default.
+
+Batches: ``per_device_train_batch_size`` counts *completions*, so a step sees
+``per_device_train_batch_size / num_generations`` prompts. It must be a multiple of
+``num_generations`` so a prompt's group is never split (group-normalised rewards need the whole
+group in one reward call).
+
+Resume: checkpoints hold optimizer, scheduler and RNG state; a rerun continues from the last one.
+``max_steps`` is not part of the run-dir hash (the schedule is constant after ``warmup_steps``, so
+the first N steps do not depend on it): a rerun with a larger ``max_steps`` extends a finished run
+from its final checkpoint instead of starting over.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import json
+import logging
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tracewise.config import doc
+from tracewise.problem_sources import ProblemsConfig, load_problems
+from tracewise.store import is_done, mark_done, save_config, stage_dir
+
+log = logging.getLogger(__name__)
+
+ALGORITHMS = ("grpo", "rloo")
+GRPO_LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo")
+# An HF hub id ("gpt2", "Qwen/Qwen2.5-0.5B"); anything else (several slashes, ./, /, ~) is a local path.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def _default_rewards() -> list[dict]:
+    return [{"name": "arora_zanette", "alpha": 0.1}]
+
+
+@dataclass
+class RLRunConfig:
+    """RL from an SFT checkpoint with length-penalised rewards (``tracewise train rl``)."""
+
+    out: str = doc("Root directory; the stage writes into <out>/rl-<hash>/ (final model in model/).", "runs", hash=False)
+    experiment: str = doc("Label of this student in reports (e.g. 'r1-rl-a0.1').", "")
+    model: str = doc("Policy to start from: an SFT run's model/ dir (or the run dir itself), or an HF id.", "")
+    problems: ProblemsConfig = doc("Prompts and gold answers (default: the embedded world's train split).",
+                                   factory=ProblemsConfig)
+    algorithm: str = doc("'grpo' (TRL GRPOTrainer, group-normalised advantage) or 'rloo' (TRL RLOOTrainer, "
+                         "leave-one-out baseline as in the paper).", "grpo")
+    rewards: list[dict] = doc("Reward specs for tracewise.train.rewards.build_rewards: {name, weight, label, "
+                              "...params}; names: correctness, arora_zanette, kimi, cosine, dapo_overlong.",
+                              factory=_default_rewards)
+    num_generations: int = doc("Completions sampled per prompt (the group size G; the paper: 8).", 8)
+    per_device_train_batch_size: int = doc("Completions per device per step; a multiple of num_generations.", 32)
+    gradient_accumulation_steps: int = doc("Steps per optimizer update (also steps per generation round).", 1)
+    max_steps: int = doc("Optimizer steps; a larger value on rerun extends a finished run.", 100, hash=False)
+    learning_rate: float = doc("Learning rate (AdamW, constant after warmup); raise it for tiny students.", 1e-6)
+    warmup_steps: int = doc("Linear warmup steps before the constant learning rate.", 0)
+    beta: float = doc("KL coefficient against the starting policy (the paper: 1e-3; 0 = no reference model).", 1e-3)
+    temperature: float = doc("Sampling temperature (the paper: 0.6).", 0.6)
+    top_p: float = doc("Nucleus sampling mass.", 1.0)
+    max_completion_length: int = doc("Longest completion sampled, in tokens (longer ones are truncated).", 512)
+    epsilon: float = doc("PPO-style clipping range of the importance ratio.", 0.2)
+    num_iterations: int = doc("Optimisation passes per generated batch (μ).", 1)
+    loss_type: str | None = doc(f"GRPO loss aggregation {list(GRPO_LOSS_TYPES)}; None = TRL's default "
+                                "(grpo only).", None)
+    mask_truncated_completions: bool = doc("Leave truncated completions out of the loss (DAPO).", False)
+    seed: int = doc("Seed for data order and sampling.", 0)
+    logging_steps: int = doc("Log rewards and lengths every N steps.", 1, hash=False)
+    save_steps: int = doc("Save a resumable checkpoint every N steps.", 10, hash=False)
+    save_total_limit: int = doc("Keep only the newest N checkpoints.", 2, hash=False)
+    bf16: bool | None = doc("bf16 mixed precision; None = on when CUDA is available.", None)
+    use_vllm: bool | None = doc("Generate with vLLM (colocated); None = on when CUDA is available and vllm is "
+                                "importable.", None)
+    vllm_gpu_memory_utilization: float = doc("GPU memory share vLLM may take when colocated.", 0.3, hash=False)
+    gradient_checkpointing: bool = doc("Trade compute for memory (large models).", False)
+    threads: int = doc("torch CPU threads (0 = torch default).", 0, hash=False)
+
+    def validate(self) -> None:
+        from tracewise.train.rewards import build_rewards, check_group_size
+
+        if not self.model:
+            raise ValueError("train.rl.model is required (an SFT run's model/ dir, or an HF id)")
+        if not Path(self.model).exists() and not _HUB_ID.match(self.model):
+            raise ValueError(f"train.rl.model: {self.model!r} not found (expected an SFT run's model/ dir)")
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"train.rl.algorithm: expected one of {list(ALGORITHMS)}, got {self.algorithm!r}")
+        for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_steps",
+                     "max_completion_length", "num_iterations", "logging_steps", "save_steps", "save_total_limit"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.rl.{name} must be >= 1, got {getattr(self, name)}")
+        try:
+            funcs, _ = build_rewards(self.rewards)
+            check_group_size(funcs, self.num_generations)
+        except ValueError as e:
+            raise ValueError(f"train.rl.rewards: {e}") from None
+        if self.num_generations < 2:
+            raise ValueError(f"train.rl.num_generations must be >= 2 (advantages compare a prompt's samples), "
+                             f"got {self.num_generations}")
+        if self.per_device_train_batch_size % self.num_generations:
+            raise ValueError(f"train.rl.per_device_train_batch_size ({self.per_device_train_batch_size}) must be a "
+                             f"multiple of num_generations ({self.num_generations}) so no prompt's group is split")
+        checks = [("learning_rate", self.learning_rate > 0), ("beta", self.beta >= 0),
+                  ("temperature", self.temperature > 0), ("top_p", 0 < self.top_p <= 1),
+                  ("epsilon", self.epsilon > 0), ("warmup_steps", self.warmup_steps >= 0),
+                  ("vllm_gpu_memory_utilization", 0 < self.vllm_gpu_memory_utilization <= 1)]
+        for name, ok in checks:
+            value = getattr(self, name)
+            if not ok or not math.isfinite(value):
+                raise ValueError(f"train.rl.{name}: bad value {value!r}")
+        if self.loss_type is not None:
+            if self.algorithm != "grpo":
+                raise ValueError("train.rl.loss_type applies to algorithm 'grpo' only; leave it unset for 'rloo'")
+            if self.loss_type not in GRPO_LOSS_TYPES:
+                raise ValueError(f"train.rl.loss_type: expected one of {list(GRPO_LOSS_TYPES)}, got {self.loss_type!r}")
+        if self.use_vllm and importlib.util.find_spec("vllm") is None:
+            raise ValueError("train.rl.use_vllm=true but vllm is not installed")
+        self.problems.validate()
+
+
+def model_dir(run_dir: str | Path) -> Path:
+    """Where a finished RL run keeps its final policy (loadable with ``from_pretrained``)."""
+    return Path(run_dir) / "model"
+
+
+def resolve_model(model: str) -> str:
+    """An SFT/RL run dir (``<run>/model/config.json``) resolves to its ``model/``; anything else is kept."""
+    p = Path(model)
+    if p.is_dir() and not (p / "config.json").exists() and (p / "model" / "config.json").exists():
+        return str(p / "model")
+    return model
+
+
+def load_prompts(cfg: ProblemsConfig):
+    """A ``datasets.Dataset`` with conversational ``prompt``, gold ``answer``, ``problem_id`` and ``level``.
+
+    Every gold is checked with ``validate_dataset_golds`` so no row is silently scored 0.
+    """
+    from datasets import Dataset
+
+    from tracewise.train.rewards import validate_dataset_golds
+
+    problems = load_problems(cfg)
+    if not problems:
+        raise ValueError(f"problems: no problems in {cfg.source!r} (split {cfg.split!r})")
+    ds = Dataset.from_dict({
+        "prompt": [[{"role": "user", "content": p.question}] for p in problems],
+        "answer": [p.answer for p in problems],
+        "problem_id": [p.id for p in problems],
+        "level": [int(p.level) for p in problems],
+    })
+    try:
+        validate_dataset_golds(ds, "answer")
+    except ValueError as e:
+        raise ValueError(f"problems ({cfg.source}): {e}") from None
+    return ds
+
+
+def eos_token_ids(tokenizer, model) -> list[int]:
+    """The ids that end a completion, as TRL computes them: the tokenizer's EOS plus the model's."""
+    ids = model.generation_config.eos_token_id
+    ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids = [tokenizer.eos_token_id, *ids]
+    return ids
+
+
+def build_reward_funcs(specs: list[dict], eos_ids: list[int], num_generations: int):
+    """``build_rewards`` with ``eos_token_id`` given to every reward that takes it (unless its spec sets one)."""
+    from tracewise.train.rewards import REWARDS, build_rewards, check_group_size
+
+    filled = []
+    for spec in specs:
+        spec = dict(spec)
+        cls = REWARDS.get(spec.get("name"))
+        if cls is not None and "eos_token_id" in inspect.signature(cls.__init__).parameters and eos_ids:
+            spec.setdefault("eos_token_id", eos_ids)
+        filled.append(spec)
+    funcs, weights = build_rewards(filled)
+    check_group_size(funcs, num_generations)
+    return funcs, weights
+
+
+def _use_vllm(cfg: RLRunConfig, cuda: bool) -> bool:
+    if cfg.use_vllm is None:
+        return cuda and importlib.util.find_spec("vllm") is not None
+    if cfg.use_vllm and not cuda:
+        raise ValueError("train.rl.use_vllm=true needs a CUDA GPU")
+    return cfg.use_vllm
+
+
+def trainer_args(cfg: RLRunConfig, output_dir: str, weights: list[float]):
+    """The TRL ``GRPOConfig``/``RLOOConfig`` for this run (field names as in TRL 1.16)."""
+    import torch
+    from trl import GRPOConfig, RLOOConfig
+
+    cuda = torch.cuda.is_available()
+    bf16 = cuda if cfg.bf16 is None else cfg.bf16
+    vllm = _use_vllm(cfg, cuda)
+    kwargs: dict[str, Any] = dict(
+        output_dir=output_dir,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type="constant_with_warmup",
+        warmup_steps=cfg.warmup_steps,
+        optim="adamw_torch",
+        num_generations=cfg.num_generations,
+        max_completion_length=cfg.max_completion_length,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        beta=cfg.beta,
+        epsilon=cfg.epsilon,
+        num_iterations=cfg.num_iterations,
+        reward_weights=weights,
+        mask_truncated_completions=cfg.mask_truncated_completions,
+        bf16=bf16,
+        fp16=False,
+        use_cpu=not cuda,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        use_vllm=vllm,
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        report_to=[],
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+    if vllm:
+        kwargs.update(vllm_mode="colocate", vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization)
+    if cfg.algorithm == "grpo":
+        if cfg.loss_type is not None:
+            kwargs["loss_type"] = cfg.loss_type
+        return GRPOConfig(**kwargs)
+    return RLOOConfig(**kwargs)
+
+
+def _last_checkpoint(ckpt_root: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(ckpt_root)) if ckpt_root.exists() else None
+
+
+def _done_steps(run_dir: Path) -> int:
+    try:
+        return int(json.loads((run_dir / "DONE").read_text()).get("steps", 0))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 0
+
+
+def _default_experiment(model_path: str) -> str:
+    """'<sft experiment>-rl' when starting from an SFT run's model/, else '<model name>-rl'."""
+    sft_label = Path(model_path).parent / "experiment.txt"
+    if Path(model_path).is_dir() and sft_label.is_file():
+        return f"{sft_label.read_text().strip()}-rl"
+    return f"{Path(model_path).name or 'model'}-rl"
+
+
+def _series(history: list[dict], key: str) -> list[float]:
+    return [float(h[key]) for h in history if isinstance(h.get(key), (int, float))]
+
+
+def run(cfg: RLRunConfig, callbacks: list | None = None) -> Path:
+    """Train; resumable from the last checkpoint; returns the run dir (final policy in ``model/``).
+
+    ``callbacks``: extra ``transformers.TrainerCallback`` objects (e.g. timers in benchmarks).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cfg.validate()
+    model_path = resolve_model(cfg.model)
+    inputs = [p for p in (model_path,) if Path(p).exists()] + cfg.problems.input_files()
+    run_dir = stage_dir(cfg.out, "rl", cfg, inputs=inputs)
+    if is_done(run_dir):
+        done = _done_steps(run_dir)
+        if done >= cfg.max_steps:
+            log.info("train rl: %s is complete (%d steps), nothing to do", run_dir, done)
+            return run_dir
+        log.info("train rl: extending %s from %d to %d steps", run_dir, done, cfg.max_steps)
+        (run_dir / "DONE").unlink()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    dataset = load_prompts(cfg.problems)  # bad golds fail here, before anything is written
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+        model = AutoModelForCausalLM.from_pretrained(model_path)
+    except Exception as e:
+        raise ValueError(f"{cfg.model}: not a causal LM with a tokenizer ({type(e).__name__}: {e})") from None
+    tokenizer.padding_side = "left"
+    reward_funcs, weights = build_reward_funcs(cfg.rewards, eos_token_ids(tokenizer, model), cfg.num_generations)
+    save_config(run_dir, cfg)
+    (run_dir / "experiment.txt").write_text(cfg.experiment or _default_experiment(model_path))
+    ckpt_root = run_dir / "checkpoints"
+    args = trainer_args(cfg, str(ckpt_root), weights)
+    from trl import GRPOTrainer, RLOOTrainer
+
+    trainer_cls = GRPOTrainer if cfg.algorithm == "grpo" else RLOOTrainer
+    trainer = trainer_cls(model=model, reward_funcs=reward_funcs, args=args, train_dataset=dataset,
+                          processing_class=tokenizer)
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # it prints raw dicts; metrics go to logging + log_history.json
+    trainer.add_callback(_progress_callback(cfg.max_steps, cfg.experiment or "rl"))
+    for cb in callbacks or []:
+        trainer.add_callback(cb)
+    resume = _last_checkpoint(ckpt_root)
+    if resume:
+        log.info("train rl: resuming from %s", resume)
+    trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model(str(model_dir(run_dir)))
+    tokenizer.save_pretrained(str(model_dir(run_dir)))
+    history = trainer.state.log_history
+    (run_dir / "log_history.json").write_text(json.dumps(history, indent=1))
+    rewards, lengths = _series(history, "reward"), _series(history, "completions/mean_length")
+    mark_done(run_dir, {
+        "experiment": cfg.experiment, "algorithm": cfg.algorithm, "steps": trainer.state.global_step,
+        "first_reward": rewards[0] if rewards else None, "last_reward": rewards[-1] if rewards else None,
+        "first_mean_length": lengths[0] if lengths else None, "last_mean_length": lengths[-1] if lengths else None,
+    })
+    log.info("train rl [%s]: %d steps, reward %.3f → %.3f, mean length %.1f → %.1f tokens",
+             cfg.experiment, trainer.state.global_step,
+             rewards[0] if rewards else float("nan"), rewards[-1] if rewards else float("nan"),
+             lengths[0] if lengths else float("nan"), lengths[-1] if lengths else float("nan"))
+    return run_dir
+
+
+def _progress_callback(total: int, label: str):
+    """A rich progress bar over optimizer steps, with the latest reward and completion length."""
+    from transformers import TrainerCallback
+
+    from tracewise.progress import progress_bar
+
+    class _Bar(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            self._cm = progress_bar(f"train rl [{label}]", total)
+            self._advance = self._cm.__enter__()
+            self._advance(state.global_step)
+
+        def on_step_end(self, args, state, control, **kw):
+            self._advance(1)
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and isinstance(logs.get("reward"), (int, float)) and state.global_step % (args.logging_steps * 10) == 0:
+                log.info("train rl [%s] step %d/%d reward %.4f mean length %.1f", label, state.global_step, total,
+                         float(logs["reward"]), float(logs.get("completions/mean_length") or float("nan")))
+
+        def on_train_end(self, args, state, control, **kw):
+            self._cm.__exit__(None, None, None)
+
+    return _Bar()
