@@ -66,3 +66,15 @@ def test_eval_bad_input(tmp_path, student_path):
         run(_cfg(tmp_path, ""))
     with pytest.raises(ValueError, match="sampling"):
         run(_cfg(tmp_path, student_path, sampling=SamplingParams(n=0)))
+
+
+def test_eval_with_budget_forcing_caps_thinking(tmp_path, student_path):
+    from tracewise.controls import ControlConfig
+
+    run_dir = run(_cfg(tmp_path, student_path, control=ControlConfig(name="budget_force", budget=5, answer_tokens=6)))
+    samples = read_records(run_dir / "samples.jsonl", Sample)
+    assert samples and all(s.control == "budget_force@5" and s.budget == 5 for s in samples)
+    assert all(s.n_thinking_tokens <= 5 for s in samples)
+    assert read_summary(run_dir / "summary.json")[0]["experiment"] == "tiny [budget_force@5]"
+    with pytest.raises(ValueError, match="budget"):
+        run(_cfg(tmp_path, student_path, control=ControlConfig(name="budget_force", budget=0)))

@@ -16,7 +16,8 @@ Token accounting (all counts in the backend's tokenizer):
   text after an early ``</think>`` that ``wait_extend`` dropped) are ``meta["n_discarded_tokens"]``.
 * ``meta["n_thinking_tokens"]`` is the generated tokens up to and including the first
   ``</think>`` when the model wrote it, excluding it when the control inserted it; without any
-  ``</think>`` every generated token is thinking if the text holds ``<think>``, else none. Callers
+  ``</think>`` every generated token is thinking if the text holds ``<think>`` or inserted text
+  (a ``Wait``), else none (a plain answer). Callers
   that split thinking from answer should use it (and ``n_tokens - n_thinking_tokens`` for the
   answer) rather than re-tokenizing the text, which would count inserted markers as generated.
 * ``meta`` also holds ``control``, the control's parameters, ``forced`` (whether the control
@@ -139,7 +140,8 @@ def _continue(
     backend: Backend, jobs: list[tuple[Request, int, str, int]], sampling: SamplingParams, phase: str
 ) -> dict[Key, Completion]:
     """Continue samples ``(request, idx, prefix_text, max_tokens)``: one request per sample (their
-    prefixes differ), one backend call per distinct ``max_tokens``, each sample keeping its seed."""
+    prefixes differ), one backend call per distinct ``max_tokens``; a sample keeps its (id, idx), so
+    its random stream is still its own (drawn from the ``phase`` seed)."""
     groups: dict[int, list[Request]] = {}
     for request, idx, text, max_tokens in jobs:
         cont = dataclasses.replace(request, prefix=request.prefix + text, sample_idxs=[idx])
@@ -176,7 +178,9 @@ def _thinking_tokens(pieces: list[tuple[str, int | None]], tokenizer) -> int:
         if cut >= 0:
             return done if n is None else done + min(n, n_tokens(tokenizer, text[: cut + len(THINK_CLOSE)]))
         done += n or 0
-    return done if THINK_OPEN in "".join(t for t, _ in pieces) else 0
+    # No </think> at all: still thinking if it was opened, or if a control inserted text into it.
+    opened = THINK_OPEN in "".join(t for t, _ in pieces) or any(n is None for _, n in pieces)
+    return done if opened else 0
 
 
 def _finish(trace: _Trace, tokenizer, first: Completion, control_meta: dict) -> Completion:
@@ -528,6 +532,9 @@ def few_shot_messages(problem_question: str, exemplars: list[dict], k: int) -> l
     """
     _check_text(problem_question, "problem_question", empty_ok=False)
     _non_negative_int(k, "k")
+    for i, e in enumerate(exemplars):
+        if not isinstance(e, dict) or not all(isinstance(e.get(key), str) for key in ("question", "completion")):
+            raise ValueError(f"exemplar {i} must be a dict with str 'question' and 'completion' (see load_exemplars)")
     chosen = [e for e in exemplars if e["question"].strip() != problem_question.strip()][:k]
     if len(chosen) < k:
         raise ValueError(f"asked for {k} exemplars, only {len(chosen)} available (excluding the problem itself)")

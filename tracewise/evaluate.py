@@ -13,10 +13,11 @@ from pathlib import Path
 
 from tracewise.backends.base import Completion, Request, SamplingParams
 from tracewise.config import doc
+from tracewise.controls import ControlConfig, run_control
 from tracewise.metrics import summarize, write_summary
 from tracewise.problem_sources import ProblemsConfig, load_problems
 from tracewise.progress import progress_bar
-from tracewise.records import Problem, Sample, write_records
+from tracewise.records import Problem, Sample
 from tracewise.store import AppendLog, is_done, mark_done, save_config, stage_dir
 from tracewise.tokens import THINK_CLOSE, n_tokens
 from tracewise.traces import parse_completion
@@ -43,6 +44,8 @@ class EvalConfig:
         "Samples per problem, temperature, max new tokens, seed.",
         factory=lambda: SamplingParams(n=8, temperature=0.6, max_tokens=512),
     )
+    control: ControlConfig = doc("Test-time control: none, budget_force, wait_extend, think_free, truncate.",
+                                 factory=ControlConfig)
     batch_size: int = doc("Generation batch size (rows decoded together).", 256, hash=False)
     n_boot: int = doc("Bootstrap resamples for the 95% CIs.", 1000)
     threads: int = doc("torch CPU threads (0 = torch default).", 0, hash=False)
@@ -56,19 +59,24 @@ class EvalConfig:
             raise ValueError(f"eval.backend: {self.backend!r} cannot evaluate a model; valid: {sorted(set(BACKENDS) - {'embedded'})}")
         if self.sampling.n < 1 or self.sampling.max_tokens < 1 or self.sampling.temperature < 0:
             raise ValueError("eval.sampling: n and max_tokens must be >= 1 and temperature >= 0")
+        self.control.validate()
 
     @property
     def benchmark_label(self) -> str:
         return self.benchmark or ("world" if self.problems.source == "world" else Path(self.problems.source).stem)
 
 
-def completion_to_sample(c: Completion, problem: Problem, experiment: str, benchmark: str, tokenizer) -> Sample:
+def completion_to_sample(c: Completion, problem: Problem, experiment: str, benchmark: str, tokenizer,
+                         control: ControlConfig | None = None) -> Sample:
     """Verify one completion and split its generated tokens into thinking and answer."""
     parsed = parse_completion(c.text)
     truncated = c.finish_reason == "length"
     result = verify(c.text, problem.answer, truncated=truncated)
-    cut = c.text.find(THINK_CLOSE)
-    n_think = n_tokens(tokenizer, c.text[: cut + len(THINK_CLOSE)]) if cut >= 0 else (c.n_tokens if parsed.thinking else 0)
+    if "n_thinking_tokens" in c.meta:  # a control counted them (markers it inserted are not generated)
+        n_think = int(c.meta["n_thinking_tokens"])
+    else:
+        cut = c.text.find(THINK_CLOSE)
+        n_think = n_tokens(tokenizer, c.text[: cut + len(THINK_CLOSE)]) if cut >= 0 else (c.n_tokens if parsed.thinking else 0)
     n_think = min(n_think, c.n_tokens)
     return Sample(
         experiment=experiment,
@@ -86,6 +94,8 @@ def completion_to_sample(c: Completion, problem: Problem, experiment: str, bench
         n_answer_tokens=c.n_tokens - n_think,
         finish_reason=c.finish_reason,
         level=problem.level,
+        control=control.label if control else "none",
+        budget=(control.budget or None) if control and control.name in ("budget_force", "truncate") else None,
     )
 
 
@@ -115,10 +125,13 @@ def run(cfg: EvalConfig) -> Path:
     backend = get_backend(cfg.backend, model=cfg.model, batch_size=cfg.batch_size)
     tokenizer = backend.tokenizer
     label = cfg.experiment or Path(cfg.model).name
+    if cfg.control.name != "none":
+        label = f"{label} [{cfg.control.label}]"
     todo = sum(len(r.sample_idxs or []) for r in requests)
     with progress_bar(f"eval [{label}]", todo) as advance:
-        for batch in backend.generate(requests, cfg.sampling):
-            store.append(completion_to_sample(c, by_id[c.request_id], label, cfg.benchmark_label, tokenizer) for c in batch)
+        for batch in _generate(backend, requests, cfg):
+            store.append(completion_to_sample(c, by_id[c.request_id], label, cfg.benchmark_label, tokenizer, cfg.control)
+                         for c in batch)
             advance(len(batch))
     samples_path = store.finalize(run_dir / "samples.jsonl")
     samples = [store.records[k] for k in sorted(store.records)]
@@ -131,5 +144,12 @@ def run(cfg: EvalConfig) -> Path:
     return run_dir
 
 
-def write_samples(path: Path, samples: list[Sample]) -> Path:
-    return write_records(path, samples)
+def _generate(backend, requests: list[Request], cfg: EvalConfig):
+    """Plain sampling streams batches as they finish; a control runs chunk by chunk (it edits and
+    continues samples), and each chunk is stored before the next starts, so resume still works."""
+    if cfg.control.name == "none":
+        yield from backend.generate(requests, cfg.sampling)
+        return
+    chunk = max(1, cfg.batch_size // max(1, cfg.sampling.n))
+    for i in range(0, len(requests), chunk):
+        yield run_control(cfg.control, backend, requests[i : i + chunk], cfg.sampling)

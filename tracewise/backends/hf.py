@@ -125,6 +125,8 @@ def _pick_tokens(logits: torch.Tensor, sampling: SamplingParams, uniforms: torch
 class HFBackend:
     """Generate with any local HF causal LM; each sample depends only on its own seed and prompt."""
 
+    supports_prefix = True  # continues Request.prefix after the chat template (test-time controls need it)
+
     def __init__(
         self,
         model: str | PreTrainedModel,

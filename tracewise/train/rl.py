@@ -190,6 +190,42 @@ def build_reward_funcs(specs: list[dict], eos_ids: list[int], num_generations: i
     return funcs, weights
 
 
+class SpecialTokenText:
+    """A reward that scores completions decoded from their ids *with* special tokens kept.
+
+    TRL decodes completions with ``skip_special_tokens=True``. The embedded student's ``<think>`` and
+    ``</think>`` are special tokens, so the reward would see ``"ok 7-1=6.Answer: 6"``: the answer is no
+    longer at a line start and verify() finds none (measured: every correct completion scored 0).
+    Harmony channel markers (gpt-oss) are special tokens too, and verify() reads them. As in the HF
+    eval backend, only the stop token (and padding) is dropped; truncation is still read from the ids.
+    """
+
+    def __init__(self, reward: Any, tokenizer: Any, eos_ids: list[int]):
+        self.reward = reward
+        self.tokenizer = tokenizer
+        self.eos_ids = frozenset(eos_ids)
+        self.pad_id = tokenizer.pad_token_id
+        self.__name__ = getattr(reward, "__name__", type(reward).__name__)
+
+    @property
+    def requires_group(self) -> bool:
+        return getattr(self.reward, "requires_group", False)
+
+    def texts(self, completion_ids: list[list[int]]) -> list[str]:
+        """Decoded as the HF backend does for eval: the stop token dropped, other specials kept."""
+        out = []
+        for ids in completion_ids:
+            ids = [int(t) for t in ids]
+            if ids and ids[-1] in self.eos_ids:
+                ids = ids[:-1]
+            ids = [t for t in ids if t != self.pad_id]
+            out.append(self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False))
+        return out
+
+    def __call__(self, prompts, completions, completion_ids, **columns):
+        return self.reward(prompts, self.texts(completion_ids), completion_ids, **columns)
+
+
 def _use_vllm(cfg: RLRunConfig, cuda: bool) -> bool:
     if cfg.use_vllm is None:
         return cuda and importlib.util.find_spec("vllm") is not None
@@ -290,6 +326,9 @@ def run(cfg: RLRunConfig, callbacks: list | None = None) -> Path:
         if done >= cfg.max_steps:
             log.info("train rl: %s is complete (%d steps), nothing to do", run_dir, done)
             return run_dir
+        if not _last_checkpoint(run_dir / "checkpoints"):
+            raise ValueError(f"train rl: cannot extend {run_dir} to {cfg.max_steps} steps: its checkpoints are gone "
+                             "(delete the run dir to train from scratch)")
         log.info("train rl: extending %s from %d to %d steps", run_dir, done, cfg.max_steps)
         (run_dir / "DONE").unlink()
     if cfg.threads:
@@ -301,7 +340,9 @@ def run(cfg: RLRunConfig, callbacks: list | None = None) -> Path:
     except Exception as e:
         raise ValueError(f"{cfg.model}: not a causal LM with a tokenizer ({type(e).__name__}: {e})") from None
     tokenizer.padding_side = "left"
-    reward_funcs, weights = build_reward_funcs(cfg.rewards, eos_token_ids(tokenizer, model), cfg.num_generations)
+    eos_ids = eos_token_ids(tokenizer, model)
+    funcs, weights = build_reward_funcs(cfg.rewards, eos_ids, cfg.num_generations)
+    reward_funcs = [SpecialTokenText(f, tokenizer, eos_ids) for f in funcs]
     save_config(run_dir, cfg)
     (run_dir / "experiment.txt").write_text(cfg.experiment or _default_experiment(model_path))
     ckpt_root = run_dir / "checkpoints"
