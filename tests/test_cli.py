@@ -25,7 +25,7 @@ def test_help_lists_every_stage() -> None:
         assert name in res.stdout, name
     train = _invoke("train", "--help")
     assert train.exit_code == 0 and "sft" in train.stdout
-    assert set(STAGES) == {"init-student", "generate", "verify", "curate", "sft", "eval", "report"}
+    assert set(STAGES) == {"init-student", "generate", "ingest", "verify", "curate", "sft", "eval", "report"}
 
 
 def test_generate_help_shows_config_keys() -> None:

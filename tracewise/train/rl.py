@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 
 ALGORITHMS = ("grpo", "rloo")
 GRPO_LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo")
-# An HF hub id ("gpt2", "Qwen/Qwen2.5-0.5B"); anything else (several slashes, ./, /, ~) is a local path.
+# An HF hub id ("gpt2", "Qwen/Qwen2.5-0.5B"); anything else (several slashes, ./, /, ~), or a name whose
+# first part is a local directory ("runs/sft-x"), is a local path.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -90,7 +91,8 @@ class RLRunConfig:
 
         if not self.model:
             raise ValueError("train.rl.model is required (an SFT run's model/ dir, or an HF id)")
-        if not Path(self.model).exists() and not _HUB_ID.match(self.model):
+        local = Path(self.model)
+        if not local.exists() and (not _HUB_ID.match(self.model) or Path(local.parts[0]).is_dir()):
             raise ValueError(f"train.rl.model: {self.model!r} not found (expected an SFT run's model/ dir)")
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"train.rl.algorithm: expected one of {list(ALGORITHMS)}, got {self.algorithm!r}")
@@ -263,7 +265,7 @@ def trainer_args(cfg: RLRunConfig, output_dir: str, weights: list[float]):
         bf16=bf16,
         fp16=False,
         use_cpu=not cuda,
-        gradient_checkpointing=cfg.gradient_checkpointing,
+        activation_checkpointing=cfg.gradient_checkpointing,  # transformers 5 name; gradient_checkpointing warns
         use_vllm=vllm,
         logging_steps=cfg.logging_steps,
         save_strategy="steps",
