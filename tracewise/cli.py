@@ -32,6 +32,9 @@ app = typer.Typer(
 )
 train_app = typer.Typer(help="Training stages.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
+study_app = typer.Typer(help="Studies: one command per follow-up experiment; each adds a section to the report.",
+                        no_args_is_help=True)
+app.add_typer(study_app, name="study")
 
 # stage name -> (module, config class, run function name)
 STAGES: dict[str, tuple[str, str]] = {
@@ -43,6 +46,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "sft": ("tracewise.train.sft", "SFTRunConfig"),
     "eval": ("tracewise.evaluate", "EvalConfig"),
     "report": ("tracewise.report", "ReportConfig"),
+    # training stages beyond SFT and the follow-up studies (registered under `train` / `study` below)
 }
 
 
@@ -119,6 +123,7 @@ _register(app, "curate", "curate", "Keep problems every teacher got right; build
 _register(train_app, "sft", "sft", "Supervised fine-tuning with TRL SFTTrainer (completion-only loss, cosine).")
 _register(app, "eval", "eval", "Sample a model on held-out problems: pass@k, maj@k, tokens, CIs.")
 _register(app, "report", "report", "Write report.md / report.html / summary.json from eval results.")
+# `train rl` and `study ...` commands: one _register line each, beside their STAGES entry above.
 
 
 @app.command()

@@ -48,6 +48,8 @@ class ReportConfig:
     mix_experiment: str = doc("experiment name of the mixed-teacher student, highlighted by difficulty", "mix")
     title: str = doc("report title", "tracewise report")
     extra_sections: list[dict] = doc("sections from later studies: {title, markdown, images}", factory=list)
+    section_files: list[str] = doc("JSON files, each one section {title, markdown, images} written by a study "
+                                   "(images relative to the JSON file's directory)", factory=list)
 
     def validate(self) -> None:
         """Reject configs that cannot produce a report, naming the offending field."""
@@ -59,6 +61,9 @@ class ReportConfig:
             raise ValueError(f"report.curate_table: {self.curate_table} not found")
         for i, sec in enumerate(self.extra_sections):
             section_from_dict(sec, f"report.extra_sections[{i}]")
+        for f in self.section_files:
+            if not Path(f).is_file():
+                raise ValueError(f"report.section_files: {f} not found")
 
 
 @dataclass
@@ -83,6 +88,30 @@ def section_from_dict(d: dict, where: str) -> Section:
     if missing:
         raise ValueError(f"{where}: image(s) not found: {missing}")
     return Section(title, body, [Path(p) for p in images])
+
+
+def load_section_file(path: str | Path) -> Section:
+    """Read a study's ``section.json``; image paths in it are relative to the file's directory."""
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not a readable section JSON ({e})") from e
+    if isinstance(d, dict) and isinstance(d.get("images"), list):
+        d = {**d, "images": [str(path.parent / p) if not Path(p).is_absolute() else p for p in d["images"]]}
+    return section_from_dict(d, str(path))
+
+
+def write_section_file(path: str | Path, title: str, markdown: str, images: list[str | Path] = ()) -> Path:
+    """Write a study's report section as JSON (images stored relative to ``path``'s directory)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rel = [str(Path(p).resolve().relative_to(path.parent.resolve())) if Path(p).resolve().is_relative_to(
+        path.parent.resolve()) else str(Path(p).resolve()) for p in images]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"title": title, "markdown": markdown, "images": rel}, indent=2), encoding="utf-8")
+    tmp.replace(path)
+    return path
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -370,6 +399,8 @@ def run(cfg: ReportConfig) -> Path:
         sections.append(Section("Curation", Path(cfg.curate_table).read_text(encoding="utf-8")))
     for i, d in enumerate(cfg.extra_sections):
         sections.append(section_from_dict(d, f"report.extra_sections[{i}]"))
+    for f in cfg.section_files:
+        sections.append(load_section_file(f))
 
     md = render_markdown(cfg.title, sections, out)
     (out / "report.md").write_text(md, encoding="utf-8")
