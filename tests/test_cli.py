@@ -21,11 +21,13 @@ def _invoke(*args: str):
 def test_help_lists_every_stage() -> None:
     res = _invoke("--help")
     assert res.exit_code == 0, res.output
-    for name in ("init-student", "generate", "verify", "curate", "train", "eval", "report", "quickstart"):
+    for name in ("init-student", "generate", "verify", "curate", "train", "eval", "report", "quickstart", "serve"):
         assert name in res.stdout, name
     train = _invoke("train", "--help")
     assert train.exit_code == 0 and "sft" in train.stdout
-    assert set(STAGES) == {"init-student", "generate", "ingest", "verify", "curate", "sft", "eval", "report"}
+    assert set(STAGES) == {"init-student", "generate", "ingest", "verify", "curate", "sft", "eval", "report",
+                           "rl", "rl-alpha", "controls-study", "few-shot-study", "transfer-study",
+                           "judge-bias-study", "curation-study"}
 
 
 def test_generate_help_shows_config_keys() -> None:

@@ -150,3 +150,96 @@ def test_dump_round_trips(tmp_path: Path) -> None:
     assert load_config(JudgeConfig, None, []) == JudgeConfig() and WorldConfig().levels == [1, 2, 3]
     text = describe(Top)
     assert "steps = 10: steps" in text and "opt" in text
+
+
+# ---- every shipped config file loads into the class its first line's command uses ----------------
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "configs").rglob("*.yaml")
+                 if "accelerate" not in p.parts)
+EXTRA_COMMANDS = {"quickstart": ("tracewise.quickstart", "QuickstartConfig"), "rl": ("tracewise.train.rl", "RLRunConfig")}
+
+
+def _first_line_command(path: str) -> tuple[list[str], str, list[str]] | None:
+    """(command words, -c file, KEY=VALUE overrides) from a config's first line, e.g.
+    ``# accelerate launch ... -m tracewise.cli train sft -c configs/paper/x.yaml dataset=<dir>``;
+    None when the line runs another program (verl's Hydra configs)."""
+    import re
+
+    line = (REPO / path).read_text().splitlines()[0]
+    assert line.startswith("# "), f"{path}: the first line must be the command that runs it"
+    words = line[2:].split("(")[0].split()  # a trailing "(...)" is a remark
+    starts = [i for i, w in enumerate(words) if w in ("tracewise", "tracewise.cli")]
+    if not starts:
+        return None
+    ci = words.index("-c")
+    # "[KEY=VALUE ...]"-style optional arguments are documentation, not part of the command.
+    overrides = [w for w in words[ci + 2:] if re.match(r"^[A-Za-z_][\w.]*=", w)]
+    return words[starts[-1] + 1 : ci], words[ci + 1], overrides
+
+
+def _fill_placeholders(value: str, tmp: Path) -> str:
+    """``<...>`` parts of a documented command are user paths: stand in existing directories."""
+    def one(v: str, i: int) -> str:
+        if "<" not in v:
+            return v
+        (tmp / f"p{i}").mkdir(exist_ok=True)
+        return str(tmp / f"p{i}")
+
+    inner = value[1:-1] if value.startswith("[") else value
+    return "[" + ",".join(one(v.strip(), i) for i, v in enumerate(inner.split(","))) + "]" if "," in inner \
+        else one(value, 0)
+
+
+@pytest.mark.parametrize("path", SHIPPED)
+def test_shipped_config_loads_with_its_documented_command(path: str, tmp_path: Path) -> None:
+    import importlib
+
+    from tracewise.cli import STAGES
+
+    command = _first_line_command(path)
+    if command is None:
+        pytest.skip(f"{path}: not a tracewise config (its first line runs another program)")
+    words, cfg_file, overrides = command
+    assert cfg_file == path, f"{path}: its first line runs {cfg_file}"
+    name = words[-1]
+    if name not in STAGES and name not in EXTRA_COMMANDS:
+        pytest.skip(f"{path}: command {' '.join(words)!r} is not in the CLI yet")
+    if len(words) > 1:
+        assert words[0] in ("train", "study"), words
+    module, cls = STAGES.get(name) or EXTRA_COMMANDS[name]
+    cls = getattr(importlib.import_module(module), cls)
+    overrides = [k + "=" + _fill_placeholders(v, tmp_path) for k, v in (o.split("=", 1) for o in overrides)]
+    cfg = load_config(cls, REPO / path, overrides)
+    assert type(cfg) is cls
+
+
+def test_paper_recipes_match_the_paper() -> None:
+    from tracewise.train.sft import SFTRunConfig
+
+    recipes = sorted((REPO / "configs" / "paper").glob("sft_*.yaml"))
+    assert len(recipes) == 4
+    seen = set()
+    for p in recipes:
+        first = p.read_text().splitlines()[0]
+        assert first.startswith("# accelerate launch --config_file configs/accelerate/zero3.yaml -m tracewise.cli "
+                                f"train sft -c configs/paper/{p.name} dataset=")
+        cfg = load_config(SFTRunConfig, p, [f"dataset={p.parent}"])
+        assert (cfg.max_steps, cfg.global_batch, cfg.batch_size) == (3000, 64, 1)
+        assert (REPO / cfg.chat_template).is_file()
+        seen.add((cfg.model, cfg.experiment.rsplit("-", 1)[-1] if "gpt-oss" not in cfg.experiment else "gpt-oss"))
+    assert {m for m, _ in seen} == {"mistralai/Mistral-Nemo-Base-2407", "nvidia/NVIDIA-Nemotron-Nano-12B-v2-Base"}
+    assert len(seen) == 4
+
+
+@pytest.mark.parametrize("name", ["ddp.yaml", "zero2.yaml", "zero3.yaml"])
+def test_accelerate_configs_load(name: str) -> None:
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    cfg = ClusterConfig.from_yaml_file(str(REPO / "configs" / "accelerate" / name))
+    assert cfg.num_processes == 8 and cfg.mixed_precision == "bf16"
+    if name == "ddp.yaml":
+        assert str(cfg.distributed_type).endswith("MULTI_GPU")
+    else:
+        assert str(cfg.distributed_type).endswith("DEEPSPEED")
+        assert cfg.deepspeed_config["zero_stage"] == int(name[4])

@@ -17,6 +17,7 @@ from tracewise.controls import (
     ControlConfig,
     budget_force,
     budget_sweep,
+    control_sweep,
     few_shot_messages,
     load_exemplars,
     run_control,
@@ -206,6 +207,54 @@ def test_budget_sweep_equals_separate_runs_and_generates_phase1_once(tok, mixed,
     monkeypatch.setattr(controls, "_token_ids", lambda c, tokenizer: None)
     again = budget_sweep(mixed, requests(), SAMPLING, [8, 20])
     assert [as_tuple(c) for c in again[8]] == [as_tuple(c) for c in swept[8]]
+
+
+def test_truncate_and_wait_sweeps_equal_separate_runs(tok, early, mixed, monkeypatch):
+    calls: list[SamplingParams] = []
+    real = mixed.generate
+
+    def spy(reqs, sampling, progress=None):
+        calls.append(sampling)
+        return real(reqs, sampling, progress)
+
+    monkeypatch.setattr(mixed, "generate", spy)
+    swept = control_sweep(ControlConfig(name="truncate", budgets=[12, 4]), mixed, requests(), SAMPLING)
+    assert [s.max_tokens for s in calls] == [12]  # one generation, cut for the smaller budget
+    for budget in (4, 12):
+        assert [as_tuple(c) for c in swept[budget]] == [as_tuple(c) for c in truncate(mixed, requests(), SAMPLING, budget)]
+    sampling = dataclasses.replace(SAMPLING, max_tokens=40)
+    waits = control_sweep(ControlConfig(name="wait_extend", budgets=[12, 6], max_waits=2), early, requests(), sampling)
+    for m in (6, 12):
+        assert [as_tuple(c) for c in waits[m]] == [as_tuple(c) for c in wait_extend(early, requests(), sampling, m, 2)]
+    assert sum(c.meta["waits"] for c in waits[12]) > sum(c.meta["waits"] for c in waits[6])
+
+
+def test_continuations_in_one_call_equal_calls_per_limit(mixed):
+    """_continue batches samples with different max_tokens into one call and cuts each to its limit."""
+    jobs = [(r, i, "<think>so", limit) for r, limit in zip(requests(), (3, 9, 20, 40)) for i in (0, 1)]
+    together = controls._continue(mixed, jobs, SAMPLING, "answer")
+    cut = 0
+    for r, i, text, limit in jobs:
+        alone = controls._continue(mixed, [(r, i, text, limit)], SAMPLING, "answer")[(r.id, i)]
+        assert as_tuple(together[(r.id, i)]) == as_tuple(alone)
+        cut += alone.finish_reason == "length" and limit < 40
+    assert cut >= 2  # some samples really were cut from the longer call
+
+
+def test_control_config_budgets():
+    sweep = ControlConfig(budgets=[64, 16])
+    assert sweep.name == "budget_force"  # a sweep without a named control is s1 budget forcing
+    sweep.validate()
+    assert [(c.label, c.swept_value, c.budgets) for c in sweep.points] == [
+        ("budget_force@16", 16, []), ("budget_force@64", 64, [])]
+    assert ControlConfig(name="wait_extend", budgets=[8], max_waits=1).points[0].label == "wait_extend@8x1"
+    for bad, needle in [(dict(budgets=[0]), "budgets"), (dict(budgets=[4, 4]), "twice"), (dict(budgets=[2.5]), "budgets"),
+                        (dict(name="think_free", budgets=[4]), "no budget to sweep"),
+                        (dict(name="truncate", budget=8, budgets=[4]), "not both")]:
+        with pytest.raises(ValueError, match=needle):
+            ControlConfig(**bad).validate()
+    with pytest.raises(ValueError, match="control_sweep"):
+        run_control(ControlConfig(budgets=[4]), None, requests(), SAMPLING)
 
 
 # ---- wait extension ----------------------------------------------------------------------------

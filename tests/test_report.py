@@ -70,10 +70,10 @@ def test_run_writes_self_contained_report(inputs: dict) -> None:
 
     # every image is inline; no src points at a file
     srcs = re.findall(r'src="([^"]*)"', page)
-    assert len(srcs) == 2 and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert len(srcs) == 3 and all(s.startswith("data:image/png;base64,") for s in srcs)
     # the markdown refers to PNGs saved next to it
     refs = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
-    assert refs == ["accuracy_vs_tokens.png", "learning_curves.png"]
+    assert refs == ["accuracy_vs_tokens.png", "learning_curves.png", "solve_histogram.png"]
     assert all((out / r).read_bytes().startswith(b"\x89PNG") for r in refs)
 
     assert "<title>Distill study</title>" in page

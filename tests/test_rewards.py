@@ -1,4 +1,4 @@
-"""Length-penalty rewards: hand-computed tables, TRL call signature, pickling, config errors, verl adapter."""
+"""Length-penalty rewards: hand-computed tables, TRL call signature, pickling, config errors (verl: test_verl_reward)."""
 
 from __future__ import annotations
 
@@ -226,7 +226,7 @@ def test_split_group_is_reported(caplog):
     assert "not multiples of num_generations=4" in caplog.text
 
 
-# ---------------------------------------------------------------- golds and verl
+# ---------------------------------------------------------------- golds
 
 
 def test_validate_dataset_golds_names_bad_rows():
@@ -242,11 +242,3 @@ def test_validate_dataset_golds_names_bad_rows():
     with pytest.raises(ValueError, match="row 0 has no 'answer' field"):
         R.Correctness().check_gold([{"solution": "4"}])
 
-
-def test_compute_score_with_verl_argument_names():
-    assert R.compute_score(data_source="math", solution_str=RIGHT, ground_truth="4", extra_info=None) == 1.0
-    assert R.compute_score(data_source="math", solution_str=WRONG, ground_truth="4", extra_info={}) == 0.0
-    assert R.compute_score(data_source="gsm8k", solution_str=RIGHT, ground_truth=4) == 1.0
-    assert R.compute_score("math", RIGHT, "4", {"truncated": True}) == 0.0
-    with pytest.raises(ValueError, match="unusable ground_truth"):
-        R.compute_score("math", RIGHT, None)

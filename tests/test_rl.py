@@ -188,27 +188,8 @@ def test_sft_run_dir_resolves_to_its_model(sft_model):
 
 
 def test_shipped_rl_configs_load(tmp_path):
-    import yaml
-
-    from tracewise.config import build
-
     cfg = load_config(RLRunConfig, ROOT / "configs/rl/grpo_embedded.yaml", [f"model={tmp_path}"])
     assert cfg.rewards == [{"name": "arora_zanette", "alpha": 0.1}] and cfg.num_generations == 8
     assert (ROOT / "configs/rl/grpo_embedded.yaml").read_text().startswith("# tracewise train rl -c ")
-    sweep = yaml.safe_load((ROOT / "configs/rl/alpha_sweep.yaml").read_text())
-    assert sweep["sweep"] == {"key": "rewards.0.alpha", "values": [0.0, 0.05, 0.1, 0.2, 0.4]}
-    for alpha in sweep["sweep"]["values"]:
-        base = dict(sweep["base"], model=str(tmp_path), rewards=[{"name": "arora_zanette", "alpha": alpha}])
-        assert build(RLRunConfig, base).rewards[0]["alpha"] == alpha
+    # configs/rl/alpha_sweep.yaml is the rl-alpha study's config: tests/test_rl_alpha.py
 
-
-def test_verl_config_points_at_compute_score():
-    import yaml
-
-    from tracewise.train import rewards
-
-    verl = yaml.safe_load((ROOT / "configs/verl/length_penalty.yaml").read_text())
-    fn = verl["custom_reward_function"]
-    assert (ROOT / fn["path"]).resolve() == Path(rewards.__file__).resolve() and fn["name"] == "compute_score"
-    assert getattr(rewards, fn["name"])("world", "<think>1+1=2</think>Answer: 2", "2") == 1.0
-    assert verl["actor_rollout_ref"]["rollout"]["n"] == 8 and verl["actor_rollout_ref"]["actor"]["kl_loss_coef"] == 1e-3

@@ -143,14 +143,17 @@ def test_resume_after_a_crash_is_byte_identical(gens, tmp_path, monkeypatch):
     reference = run(VerifyConfig(out=str(tmp_path / "ref"), generations=gens)) / "verdicts.jsonl"
     calls = {"n": 0}
 
-    def crashing_verify(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] > 50:
-            raise KeyboardInterrupt
-        return verify(*args, **kwargs)
+    def crashing_verify_many(items, workers=None, timeout_s=None):
+        out = []
+        for text, gold, truncated in items:
+            calls["n"] += 1
+            if calls["n"] > 50:
+                raise KeyboardInterrupt
+            out.append(verify(text, gold, truncated=truncated))
+        return out
 
     monkeypatch.setattr(vs, "BATCH", 16)
-    monkeypatch.setattr(vs, "verify", crashing_verify)
+    monkeypatch.setattr(vs, "verify_many", crashing_verify_many)
     cfg = VerifyConfig(out=str(tmp_path / "resume"), generations=gens)
     with pytest.raises(KeyboardInterrupt):
         run(cfg)
@@ -194,8 +197,10 @@ def test_trace_without_its_problem_and_duplicate_teachers_are_refused(gens, tmp_
 
 
 def test_config_and_input_validation(gens, tmp_path):
-    with pytest.raises(ValueError, match=r"unknown judge 'qwen3'; valid: \['embedded'\]"):
-        build(VerifyConfig, {"generations": gens, "judge": "qwen3"})
+    with pytest.raises(ValueError, match=r"unknown judge backend 'qwen3'; valid: \[.*'embedded'.*'hf'"):
+        build(VerifyConfig, {"generations": gens, "judge": {"backend": "qwen3"}})
+    with pytest.raises(ValueError, match=r"verify.judge.model is required for judge backend 'hf'"):
+        build(VerifyConfig, {"generations": gens, "judge": {"backend": "hf"}})
     with pytest.raises(ValueError, match=r"verify.methods"):
         build(VerifyConfig, {"generations": gens, "methods": ["math_verify", "vibes"]})
     with pytest.raises(ValueError, match=r"judge.false_positive_rate"):

@@ -46,6 +46,13 @@ STAGES: dict[str, tuple[str, str]] = {
     "sft": ("tracewise.train.sft", "SFTRunConfig"),
     "eval": ("tracewise.evaluate", "EvalConfig"),
     "report": ("tracewise.report", "ReportConfig"),
+    "rl": ("tracewise.train.rl", "RLRunConfig"),
+    "rl-alpha": ("tracewise.studies.rl_alpha", "RLAlphaConfig"),
+    "controls-study": ("tracewise.studies.controls", "ControlsStudyConfig"),
+    "few-shot-study": ("tracewise.studies.few_shot", "FewShotStudyConfig"),
+    "transfer-study": ("tracewise.studies.transfer", "TransferConfig"),
+    "judge-bias-study": ("tracewise.studies.judge_bias", "JudgeBiasConfig"),
+    "curation-study": ("tracewise.studies.curation_ablation", "CurationStudyConfig"),
     # training stages beyond SFT and the follow-up studies (registered under `train` / `study` below)
 }
 
@@ -92,7 +99,8 @@ def run_stage(stage: str, config: Optional[Path], overrides: list[str], show: bo
     return out
 
 
-def _register(target: typer.Typer, name: str, stage: str, summary: str) -> None:
+def _register(target: typer.Typer, name: str, stage: str, summary: str, command: Callable | None = None) -> None:
+    """Add ``name`` running ``stage``; ``command`` replaces the generic one (e.g. to add shortcut options)."""
     module_name, cls_name = STAGES[stage]
 
     def epilog() -> str:
@@ -102,7 +110,7 @@ def _register(target: typer.Typer, name: str, stage: str, summary: str) -> None:
             return ""
         return "Config keys (YAML or KEY=VALUE):\n\n" + "\n\n".join(_fields_help(cls))
 
-    def command(
+    def generic(
         overrides: list[str] = typer.Argument(None, help="KEY=VALUE overrides, dotted for nested keys."),
         config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config file."),
         print_config: bool = typer.Option(False, "--print-config", help="Print the resolved config and exit."),
@@ -111,19 +119,102 @@ def _register(target: typer.Typer, name: str, stage: str, summary: str) -> None:
         setup_logging(log_level)
         run_stage(stage, config, overrides or [], show=print_config)
 
+    command = command or generic
     command.__doc__ = summary
     target.command(name, help=summary, epilog=epilog())(command)
 
 
 _register(app, "init-student", "init-student", "Build the tiny embedded student: a BPE tokenizer and a random Llama.")
-_register(app, "generate", "generate", "Generate teacher traces for problems (embedded teachers or any model backend).")
+def _generate(
+    overrides: list[str] = typer.Argument(None, help="KEY=VALUE overrides, dotted for nested keys."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config file."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Redo the samples a finished run recorded as "
+                                      "failed (failed.jsonl) in the same run directory (= retry_failed=true)."),
+    print_config: bool = typer.Option(False, "--print-config", help="Print the resolved config and exit."),
+    log_level: str = typer.Option("INFO", "--log-level", help="Logging level."),
+) -> None:
+    setup_logging(log_level)
+    run_stage("generate", config, ["retry_failed=true"] * retry_failed + list(overrides or []), show=print_config)
+
+
+_register(app, "generate", "generate", "Generate teacher traces for problems (embedded teachers or any model backend: "
+          "hf, vllm, openai).", command=_generate)
 _register(app, "ingest", "ingest", "Import real teacher traces (R1 <think>, gpt-oss harmony, Nemotron, plain) as Trace records.")
-_register(app, "verify", "verify", "Check each trace's final answer with math-verify and a judge.")
+def _verify(
+    overrides: list[str] = typer.Argument(None, help="KEY=VALUE overrides, dotted for nested keys."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config file."),
+    judge: Optional[str] = typer.Option(None, "--judge", help="Judge backend (= judge.backend): embedded, hf, vllm, openai."),
+    judge_model: Optional[str] = typer.Option(None, "--judge-model", help="Judge model (= judge.model)."),
+    print_config: bool = typer.Option(False, "--print-config", help="Print the resolved config and exit."),
+    log_level: str = typer.Option("INFO", "--log-level", help="Logging level."),
+) -> None:
+    setup_logging(log_level)
+    shortcuts = [f"judge.backend={judge}"] * bool(judge) + [f"judge.model={judge_model}"] * bool(judge_model)
+    run_stage("verify", config, shortcuts + list(overrides or []), show=print_config)
+
+
+_register(app, "verify", "verify", "Check each trace's final answer with math-verify and a judge (LLM judge: --judge hf).",
+          command=_verify)
 _register(app, "curate", "curate", "Keep problems every teacher got right; build per-teacher and mixed SFT datasets.")
 _register(train_app, "sft", "sft", "Supervised fine-tuning with TRL SFTTrainer (completion-only loss, cosine).")
-_register(app, "eval", "eval", "Sample a model on held-out problems: pass@k, maj@k, tokens, CIs.")
+_register(train_app, "rl", "rl", "RL from an SFT model with length-penalised rewards (TRL GRPO/RLOO, 8 samples/prompt).")
+_register(study_app, "rl-alpha", "rl-alpha", "Sweep the Arora-Zanette length penalty alpha on the quickstart R1 student.")
+
+
+def _eval(
+    overrides: list[str] = typer.Argument(None, help="KEY=VALUE overrides, dotted for nested keys."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config file."),
+    budget: Optional[str] = typer.Option(None, "--budget", help="Budget sweep in one call, e.g. 16,32,64,128 "
+                                         "(= control.budgets; budget_force unless --control says otherwise)."),
+    control: Optional[str] = typer.Option(None, "--control", help="Test-time control (= control.name): "
+                                          "none, budget_force, truncate, wait_extend, think_free."),
+    print_config: bool = typer.Option(False, "--print-config", help="Print the resolved config and exit."),
+    log_level: str = typer.Option("INFO", "--log-level", help="Logging level."),
+) -> None:
+    setup_logging(log_level)
+    shortcuts = [f"control.budgets={budget}"] * (budget is not None) + [f"control.name={control}"] * bool(control)
+    run_stage("eval", config, shortcuts + list(overrides or []), show=print_config)
+
+
+_register(app, "eval", "eval", "Sample a model on held-out problems: pass@k, maj@k, tokens, CIs "
+          "(test-time controls: --control, budget sweeps: --budget 16,32,64).", command=_eval)
 _register(app, "report", "report", "Write report.md / report.html / summary.json from eval results.")
 # `train rl` and `study ...` commands: one _register line each, beside their STAGES entry above.
+_register(study_app, "controls", "controls-study", "Test-time controls vs trained students: budget sweeps per "
+          "student and control, accuracy-vs-tokens curves and areas (report section).")
+_register(study_app, "transfer", "transfer-study", "Other domains (ordering, listops): style token ratio and accuracy "
+          "parity per domain, and the transferability index of math-only students.")
+_register(study_app, "judge-bias", "judge-bias-study", "Judge-bias ablation: judge / math-verify / both / no filter and "
+          "judge error sweeps; kept size, wrong traces let through, student accuracy and tokens (report section).")
+_register(study_app, "curation", "curation-study", "Curation strategies (random, s1, LIMO, difficulty-adaptive) at "
+          "equal dataset size: student accuracy and tokens per strategy (report section).")
+_register(study_app, "few-shot", "few-shot-study", "Few-shot style transfer: k exemplars in the other teacher's style "
+          "(and the student's own) vs zero-shot; change in tokens and accuracy (report section).")
+
+
+@app.command()
+def serve(
+    model: str = typer.Option(..., "--model", help="Local HF model directory, or an init-student run directory."),
+    port: int = typer.Option(8000, "--port", help="TCP port."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind; anything but 127.0.0.1 exposes the model."),
+    served_model_name: str = typer.Option("", "--served-model-name", help="Model id clients send (default: dir name)."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run the model repo's own code."),
+    api_key_env: str = typer.Option("", "--api-key-env", help="NAME of an env var whose key clients must send."),
+    max_batch: int = typer.Option(64, "--max-batch", help="Most samples decoded together."),
+    batch_wait_ms: float = typer.Option(50.0, "--batch-wait-ms", help="Most a request waits for the others expected to batch with it."),
+    threads: int = typer.Option(0, "--threads", help="torch CPU threads (0 = torch default)."),
+    log_level: str = typer.Option("INFO", "--log-level"),
+) -> None:
+    """OpenAI-compatible server (/v1/models, /v1/completions, /v1/chat/completions) for a local model."""
+    setup_logging(log_level)
+    from tracewise.serve import serve as run_server
+
+    try:
+        run_server(model, port, host, served_model_name=served_model_name, trust_remote_code=trust_remote_code,
+                   api_key_env=api_key_env, max_batch=max_batch, batch_wait_ms=batch_wait_ms, threads=threads,
+                   log_level=log_level)
+    except ValueError as e:
+        _error(e)
 
 
 @app.command()

@@ -28,16 +28,21 @@ intervenes returns exactly the uncontrolled sample. Each later continuation phas
 own stream, ``sample_seed(sampling.seed, "tracewise.controls/<phase>", 0)`` fed back as the seed, so
 it does not replay the random numbers of the phase it continues.
 
-Inputs are validated before anything is generated; every problem is a ``ValueError``.
+Sweeps (``control_sweep``, ``ControlConfig.budgets``, ``tracewise eval --budget 16,32,64``) run every
+budget in one call: ``budget_force`` and ``truncate`` generate each sample once at the largest budget
+and cut it for the smaller ones (the first B tokens of a seeded sample do not depend on
+``max_tokens``); ``wait_extend`` shares its first generation across ``min_thinking`` values. Each
+point equals a separate run with the same seed.
+
+Inputs are validated before anything is generated; every problem is a ``ValueError``. Few-shot
+exemplars live in ``tracewise.few_shot`` (re-exported here).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from tracewise.backends.base import Backend, Completion, Request, SamplingParams, sample_seed
@@ -140,15 +145,35 @@ def _continue(
     backend: Backend, jobs: list[tuple[Request, int, str, int]], sampling: SamplingParams, phase: str
 ) -> dict[Key, Completion]:
     """Continue samples ``(request, idx, prefix_text, max_tokens)``: one request per sample (their
-    prefixes differ), one backend call per distinct ``max_tokens``; a sample keeps its (id, idx), so
-    its random stream is still its own (drawn from the ``phase`` seed)."""
-    groups: dict[int, list[Request]] = {}
+    prefixes differ); a sample keeps its (id, idx), so its random stream is still its own (drawn
+    from the ``phase`` seed).
+
+    All samples go in ONE backend call at the largest ``max_tokens`` (one call per distinct limit
+    made wait_extend issue dozens of tiny batches); a sample that ran past its own limit is cut to
+    it, which is what a call at that limit returns (see ``budget_sweep``). A sample whose token ids
+    cannot be recovered is regenerated at its own limit.
+    """
+    tokenizer = getattr(backend, "tokenizer")
+    reqs, limits = [], {}
     for request, idx, text, max_tokens in jobs:
-        cont = dataclasses.replace(request, prefix=request.prefix + text, sample_idxs=[idx])
-        groups.setdefault(max_tokens, []).append(cont)
-    out: dict[Key, Completion] = {}
-    for max_tokens, reqs in sorted(groups.items()):
-        out.update(_generate(backend, reqs, _phase_sampling(sampling, phase, max_tokens)))
+        reqs.append(dataclasses.replace(request, prefix=request.prefix + text, sample_idxs=[idx]))
+        limits[(request.id, idx)] = max_tokens
+    if not reqs:
+        return {}
+    out = _generate(backend, reqs, _phase_sampling(sampling, phase, max(limits.values())))
+    redo: dict[int, list[Request]] = {}
+    for req in reqs:
+        key = (req.id, req.sample_idxs[0])
+        c, limit = out[key], limits[key]
+        if c.n_tokens <= limit:
+            continue
+        ids = _token_ids(c, tokenizer)
+        if ids is None:
+            redo.setdefault(limit, []).append(req)
+        else:
+            out[key] = Completion(c.request_id, c.sample_idx, _decode(tokenizer, ids[:limit]), limit, "length", dict(c.meta))
+    for limit, again in sorted(redo.items()):
+        out.update(_generate(backend, again, _phase_sampling(sampling, phase, limit)))
     return out
 
 
@@ -313,6 +338,42 @@ def _decode(tokenizer, ids: list[int]) -> str:
     return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
 
+def _cut_prefixes(backend, tokenizer, requests, sampling, budgets: list[int]):
+    """Yield ``(budget, {key: first-B-tokens completion})`` for ascending ``budgets``, generating
+    each sample once at the largest budget and cutting it (see ``budget_sweep``)."""
+    ordered = sorted(set(budgets))
+    top = _generate(backend, requests, _phase_sampling(sampling, "first", ordered[-1]))
+    ids_cache: dict[Key, list[int] | None] = {}
+    for budget in ordered:
+        first: dict[Key, Completion] = {}
+        redo: dict[str, list[int]] = {}
+        for r, i in _keys(requests, sampling):
+            c = top[(r.id, i)]
+            if c.n_tokens <= budget:
+                first[(r.id, i)] = c  # ended (or was cut) within this budget: the same sample
+                continue
+            if (r.id, i) not in ids_cache:
+                ids_cache[(r.id, i)] = _token_ids(c, tokenizer)
+            ids = ids_cache[(r.id, i)]
+            if ids is None:
+                redo.setdefault(r.id, []).append(i)
+                continue
+            first[(r.id, i)] = Completion(r.id, i, _decode(tokenizer, ids[:budget]), budget, "length", dict(c.meta))
+        if redo:
+            log.info("sweep: regenerating phase 1 of %d samples at budget %d", sum(map(len, redo.values())), budget)
+            again = [dataclasses.replace(r, sample_idxs=redo[r.id]) for r in requests if r.id in redo]
+            first.update(_generate(backend, again, _phase_sampling(sampling, "first", budget)))
+        yield budget, first
+
+
+def _check_budgets(budgets: Any) -> list[int]:
+    if not isinstance(budgets, (list, tuple)) or not budgets:
+        raise ValueError(f"budgets must be a non-empty list of positive ints, got {budgets!r}")
+    for b in budgets:
+        _positive_int(b, "each budget")
+    return list(budgets)
+
+
 def budget_sweep(
     backend: Backend,
     requests: list[Request],
@@ -332,38 +393,32 @@ def budget_sweep(
     text (no ``meta["token_ids"]`` and a non round-tripping tokenization) gets its phase 1
     regenerated at that budget instead.
     """
-    if not isinstance(budgets, (list, tuple)) or not budgets:
-        raise ValueError(f"budgets must be a non-empty list of positive ints, got {budgets!r}")
-    for b in budgets:
-        _positive_int(b, "each budget")
+    _check_budgets(budgets)
     _positive_int(answer_tokens, "answer_tokens")
     _check_text(final_prompt, "final_prompt", empty_ok=True)
     _check_requests(requests, sampling)
     tokenizer = _check_backend(backend, prefix=True)
-    ordered = sorted(set(budgets))
-    top = _generate(backend, requests, _phase_sampling(sampling, "first", ordered[-1]))
-    ids_cache: dict[Key, list[int] | None] = {}
-    out: dict[int, list[Completion]] = {}
-    for budget in ordered:
-        first: dict[Key, Completion] = {}
-        redo: dict[str, list[int]] = {}
-        for r, i in _keys(requests, sampling):
-            c = top[(r.id, i)]
-            if c.n_tokens <= budget:
-                first[(r.id, i)] = c  # ended (or was cut) within this budget: the same sample
-                continue
-            if (r.id, i) not in ids_cache:
-                ids_cache[(r.id, i)] = _token_ids(c, tokenizer)
-            ids = ids_cache[(r.id, i)]
-            if ids is None:
-                redo.setdefault(r.id, []).append(i)
-                continue
-            first[(r.id, i)] = Completion(r.id, i, _decode(tokenizer, ids[:budget]), budget, "length", dict(c.meta))
-        if redo:
-            log.info("budget_sweep: regenerating phase 1 of %d samples at budget %d", sum(map(len, redo.values())), budget)
-            again = [dataclasses.replace(r, sample_idxs=redo[r.id]) for r in requests if r.id in redo]
-            first.update(_generate(backend, again, _phase_sampling(sampling, "first", budget)))
-        out[budget] = _force(backend, tokenizer, requests, sampling, budget, first, final_prompt, answer_tokens)
+    return {
+        budget: _force(backend, tokenizer, requests, sampling, budget, first, final_prompt, answer_tokens)
+        for budget, first in _cut_prefixes(backend, tokenizer, requests, sampling, budgets)
+    }
+
+
+def truncate_sweep(
+    backend: Backend, requests: list[Request], sampling: SamplingParams, budgets: list[int]
+) -> dict[int, list[Completion]]:
+    """``truncate`` at every budget from one generation at the largest (equal to separate runs)."""
+    _check_budgets(budgets)
+    _check_requests(requests, sampling)
+    tokenizer = _check_backend(backend, prefix=False)
+    out = {}
+    for budget, first in _cut_prefixes(backend, tokenizer, requests, sampling, budgets):
+        meta = {"control": "truncate", "budget": budget}
+        out[budget] = [
+            _finish(_Trace(r, i, [(first[(r.id, i)].text, first[(r.id, i)].n_tokens)], first[(r.id, i)].finish_reason),
+                    tokenizer, first[(r.id, i)], meta)
+            for r, i in _keys(requests, sampling)
+        ]
     return out
 
 
@@ -385,17 +440,40 @@ def wait_extend(
     + answer); dropped tokens are ``meta["n_discarded_tokens"]`` and ``meta["waits"]`` counts the
     insertions. ``max_waits=0`` returns the uncontrolled samples.
     """
-    _non_negative_int(min_thinking, "min_thinking")
+    tokenizer = _check_wait(backend, requests, sampling, [min_thinking], max_waits, wait)
+    first = _generate(backend, requests, sampling)
+    return _extend(backend, tokenizer, requests, sampling, first, min_thinking, max_waits, wait)
+
+
+def wait_sweep(
+    backend: Backend, requests: list[Request], sampling: SamplingParams, min_thinkings: list[int], max_waits: int,
+    *, wait: str = "Wait",
+) -> dict[int, list[Completion]]:
+    """``wait_extend`` at every ``min_thinking``, sharing the first (uncontrolled) generation;
+    every continuation is seeded per sample and phase, so this equals separate runs."""
+    _check_budgets(min_thinkings)
+    tokenizer = _check_wait(backend, requests, sampling, min_thinkings, max_waits, wait)
+    first = _generate(backend, requests, sampling)
+    return {m: _extend(backend, tokenizer, requests, sampling, first, m, max_waits, wait) for m in sorted(set(min_thinkings))}
+
+
+def _check_wait(backend, requests, sampling, min_thinkings: list[int], max_waits: int, wait: str):
+    for m in min_thinkings:
+        _non_negative_int(m, "min_thinking")
     _non_negative_int(max_waits, "max_waits")
     _check_text(wait, "wait", empty_ok=False)
     if THINK_CLOSE in wait:
         raise ValueError(f"wait must not contain {THINK_CLOSE!r}, got {wait!r}")
     _check_requests(requests, sampling)
     _positive_int(sampling.max_tokens, "sampling.max_tokens")
-    if min_thinking >= sampling.max_tokens:
-        raise ValueError(f"min_thinking ({min_thinking}) must be below sampling.max_tokens ({sampling.max_tokens})")
-    tokenizer = _check_backend(backend, prefix=True)
-    first = _generate(backend, requests, sampling)
+    for m in min_thinkings:
+        if m >= sampling.max_tokens:
+            raise ValueError(f"min_thinking ({m}) must be below sampling.max_tokens ({sampling.max_tokens})")
+    return _check_backend(backend, prefix=True)
+
+
+def _extend(backend, tokenizer, requests, sampling, first: dict[Key, Completion], min_thinking: int, max_waits: int,
+            wait: str) -> list[Completion]:
     traces = {(r.id, i): _Trace(r, i, meta={"waits": 0, "n_discarded_tokens": 0}) for r, i in _keys(requests, sampling)}
     latest = first
     for round_ in range(max_waits + 1):
@@ -426,12 +504,21 @@ def wait_extend(
 # ---- one entry point for the eval stage ---------------------------------------------------------
 
 
+# Controls with a token parameter that a sweep varies, and the field it sets.
+SWEEPABLE = {"budget_force": "budget", "truncate": "budget", "wait_extend": "min_thinking"}
+NEEDS_PREFIX = ("budget_force", "wait_extend", "think_free")
+
+
 @dataclass
 class ControlConfig:
     """A test-time control applied while evaluating (``eval.control``)."""
 
     name: str = doc(f"Control: one of {', '.join(CONTROLS)}.", "none")
     budget: int = doc("Thinking-token budget (budget_force) or total token cap (truncate).", 0)
+    budgets: list[int] = doc(
+        "Sweep: evaluate at each of these values in one call (budget_force/truncate: budget, one generation "
+        "at the largest budget is cut for the smaller ones; wait_extend: min_thinking). With name 'none' the "
+        "sweep is budget_force. CLI: tracewise eval --budget 16,32,64.", factory=list)
     answer_tokens: int = doc("budget_force: max answer tokens after the thinking.", 64)
     final_prompt: str = doc("budget_force: text inserted after the forced </think>.", "Final Answer:")
     min_thinking: int = doc("wait_extend: extend thinking shorter than this many tokens.", 0)
@@ -439,16 +526,47 @@ class ControlConfig:
     wait: str = doc("wait_extend: the inserted text.", "Wait")
     think_prefix: str = doc("think_free: the empty thinking span ('</think>' if the template opens it).", THINK_FREE_PREFIX)
 
+    def __post_init__(self) -> None:
+        # `tracewise eval --budget 16,32` names no control: a budget sweep is s1 budget forcing.
+        if self.budgets and self.name == "none":
+            self.name = "budget_force"
+
     def validate(self) -> None:
         if self.name not in CONTROLS:
             raise ValueError(f"unknown control {self.name!r}; valid: {', '.join(CONTROLS)}")
-        if self.name in ("budget_force", "truncate"):
+        if self.budgets:
+            if not isinstance(self.budgets, (list, tuple)):
+                raise ValueError(f"control.budgets must be a list of positive ints, got {self.budgets!r}")
+            if self.name not in SWEEPABLE:
+                raise ValueError(f"control.budgets: control {self.name!r} has no budget to sweep; "
+                                 f"sweepable: {', '.join(SWEEPABLE)}")
+            for b in self.budgets:
+                _positive_int(b, "each of control.budgets")
+            if len(set(self.budgets)) != len(self.budgets):
+                raise ValueError(f"control.budgets lists a budget twice: {list(self.budgets)}")
+            if getattr(self, SWEEPABLE[self.name]):
+                raise ValueError(f"set control.{SWEEPABLE[self.name]} or control.budgets (a sweep), not both")
+        elif self.name in ("budget_force", "truncate"):
             _positive_int(self.budget, f"control.budget ({self.name})")
         if self.name == "budget_force":
             _positive_int(self.answer_tokens, "control.answer_tokens")
         if self.name == "wait_extend":
             _non_negative_int(self.min_thinking, "control.min_thinking")
             _non_negative_int(self.max_waits, "control.max_waits")
+
+    def at(self, value: int) -> "ControlConfig":
+        """This control at one point of its sweep (``budgets`` cleared)."""
+        return dataclasses.replace(self, budgets=[], **{SWEEPABLE[self.name]: value})
+
+    @property
+    def points(self) -> list["ControlConfig"]:
+        """The single controls this config evaluates: one per swept value, in ascending order."""
+        return [self.at(b) for b in sorted(self.budgets)] if self.budgets else [self]
+
+    @property
+    def swept_value(self) -> int | None:
+        """The control's token parameter (budget, or min_thinking for wait_extend); None if it has none."""
+        return getattr(self, SWEEPABLE[self.name]) if self.name in SWEEPABLE else None
 
     @property
     def label(self) -> str:
@@ -458,6 +576,31 @@ class ControlConfig:
         if self.name == "wait_extend":
             return f"wait_extend@{self.min_thinking}x{self.max_waits}"
         return self.name
+
+
+def check_backend_for(control: ControlConfig, backend: Any) -> None:
+    """ValueError unless ``backend`` (an instance or a backend class) can run ``control``."""
+    if control.name in NEEDS_PREFIX and not supports_prefix(backend):
+        name = getattr(backend, "name", getattr(backend, "__name__", type(backend).__name__))
+        raise ValueError(f"control {control.name!r} continues a prefix, but backend {name!r} does not support "
+                         "continuing from Request.prefix (supports_prefix); use control 'truncate' or 'none'")
+
+
+def control_sweep(
+    control: ControlConfig, backend: Backend, requests: list[Request], sampling: SamplingParams
+) -> dict[int, list[Completion]]:
+    """Run every point of ``control.budgets`` in one call, sharing generation across points:
+    ``{swept value: completions}``, each equal to a separate ``run_control`` at that value."""
+    control.validate()
+    if not control.budgets:
+        raise ValueError("control_sweep needs control.budgets; use run_control for a single setting")
+    c = control
+    if c.name == "budget_force":
+        return budget_sweep(backend, requests, sampling, c.budgets, final_prompt=c.final_prompt,
+                            answer_tokens=c.answer_tokens)
+    if c.name == "truncate":
+        return truncate_sweep(backend, requests, sampling, c.budgets)
+    return wait_sweep(backend, requests, sampling, c.budgets, c.max_waits, wait=c.wait)
 
 
 def run_control(
@@ -475,6 +618,8 @@ def run_control(
     elif params:
         raise ValueError("pass parameters either in the ControlConfig or as keywords, not both")
     control.validate()
+    if control.budgets:
+        raise ValueError("control.budgets is a sweep: use control_sweep")
     c = control
     if c.name == "budget_force":
         return budget_force(backend, requests, sampling, c.budget, final_prompt=c.final_prompt, answer_tokens=c.answer_tokens)
@@ -492,53 +637,5 @@ def run_control(
     return _plain(backend, requests, sampling, sampling.max_tokens, {"control": "none"})
 
 
-# ---- few-shot style transfer --------------------------------------------------------------------
-
-
-def load_exemplars(path: str | Path) -> list[dict]:
-    """Few-shot exemplars from JSONL: one ``{"question": str, "completion": str}`` object a line
-    (other keys are kept, blank lines skipped). Anything else: ValueError naming ``file:line``."""
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: cannot read exemplars ({e})") from None
-    out = []
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{lineno}: not JSON ({e.msg})") from None
-        if not isinstance(rec, dict):
-            raise ValueError(f"{path}:{lineno}: expected an object with 'question' and 'completion', got {type(rec).__name__}")
-        for key in ("question", "completion"):
-            if not isinstance(rec.get(key), str) or not rec[key].strip():
-                raise ValueError(f"{path}:{lineno}: expected a non-empty string {key!r} (exemplars are {{question, completion}})")
-        out.append(rec)
-    if not out:
-        raise ValueError(f"{path}: no exemplars")
-    return out
-
-
-def few_shot_messages(problem_question: str, exemplars: list[dict], k: int) -> list[dict]:
-    """Chat messages with ``k`` exemplars as prior user/assistant turns, then the problem.
-
-    The first ``k`` exemplars are used, skipping any whose question is the problem's own (that
-    would leak its answer); fewer than ``k`` left is a ValueError. Note that some chat templates
-    (Qwen3, DeepSeek-R1) strip ``<think>`` spans from earlier assistant turns, which removes the
-    thinking style these exemplars are meant to transfer.
-    """
-    _check_text(problem_question, "problem_question", empty_ok=False)
-    _non_negative_int(k, "k")
-    for i, e in enumerate(exemplars):
-        if not isinstance(e, dict) or not all(isinstance(e.get(key), str) for key in ("question", "completion")):
-            raise ValueError(f"exemplar {i} must be a dict with str 'question' and 'completion' (see load_exemplars)")
-    chosen = [e for e in exemplars if e["question"].strip() != problem_question.strip()][:k]
-    if len(chosen) < k:
-        raise ValueError(f"asked for {k} exemplars, only {len(chosen)} available (excluding the problem itself)")
-    messages: list[dict] = []
-    for e in chosen:
-        messages += [{"role": "user", "content": e["question"]}, {"role": "assistant", "content": e["completion"]}]
-    return messages + [{"role": "user", "content": problem_question}]
+# Few-shot exemplars moved to tracewise.few_shot; re-exported for callers of the old location.
+from tracewise.few_shot import few_shot_messages, load_exemplars  # noqa: E402,F401

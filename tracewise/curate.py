@@ -8,6 +8,10 @@ exactly that kept set. The mix dataset takes each kept problem once, from a teac
 hash of ``(mix_seed, problem_id)``: unlike a shuffle, a problem's pick does not move when other
 problems are added or inputs are listed in another order.
 
+Before the filter, the pool is decontaminated against every evaluation set in use and deduplicated
+(``tracewise.decontam``); after it, a curation strategy (``tracewise.curation_strategies``: random,
+s1, LIMO, difficulty-adaptive) may pick ``target_size`` problems, saved as ``datasets/selected/``.
+
 Outputs: ``datasets/<teacher>/`` and ``datasets/<mix_name>/`` (``save_to_disk``), ``kept.json``,
 and ``table.md`` / ``table.json`` with what the filter did (accuracies, agreement, token costs and,
 in the embedded world, how many traces with a known mistake got through).
@@ -23,7 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean
 
+from tracewise import curation_strategies, decontam
 from tracewise.config import doc
+from tracewise.curation_strategies import STRATEGIES, SelectionConfig
+from tracewise.decontam import DecontamConfig
 from tracewise.records import Problem, Trace, Verdict
 from tracewise.store import is_done, mark_done, save_config, stage_dir
 from tracewise.tokens import student_completion
@@ -61,8 +68,26 @@ class CurateConfig:
     mix: bool = doc("Also build a mixed dataset taking each kept problem from one teacher.", True)
     mix_seed: int = doc("Seed of the per-problem teacher pick in the mix.", 0)
     mix_name: str = doc("Name of the mixed dataset (its directory under datasets/).", "mix")
+    decontam: DecontamConfig = doc("Decontamination against eval sets and dedup, before the filter.",
+                                   factory=DecontamConfig)
+    strategy: str = doc("Curation strategy: 'all' (every kept problem), 'random', 's1', 'limo' or 'adaptive' "
+                        "(see tracewise.curation_strategies); the pick is saved as datasets/selected.", "all")
+    target_size: int = doc("Problems the strategy keeps (required unless strategy='all').", 0)
+    selection: SelectionConfig = doc("Strategy settings: seed, reference student, LIMO words, adaptive threshold.",
+                                     factory=SelectionConfig)
 
     def validate(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"curate.strategy: unknown strategy {self.strategy!r}; valid: {list(STRATEGIES)}")
+        if self.strategy != "all" and self.target_size < 1:
+            raise ValueError(f"curate.target_size: strategy {self.strategy!r} needs target_size >= 1, "
+                             f"got {self.target_size}")
+        if self.target_size < 0:
+            raise ValueError(f"curate.target_size must be >= 0, got {self.target_size}")
+        if "selected" in (self.mix_name, *self.teachers) and self.strategy != "all":
+            raise ValueError("curate: 'selected' names the strategy's dataset; rename the teacher or mix")
+        self.decontam.validate()
+        self.selection.validate()
         if self.filter not in FILTERS:
             raise ValueError(f"curate.filter: unknown filter {self.filter!r}; valid: {sorted(FILTERS)}")
         if not self.generations:
@@ -192,6 +217,30 @@ def _mean(xs: list[int]) -> float | None:
     return mean(xs) if xs else None
 
 
+SHOW_DISAGREEMENTS = 10  # rows of table.md; disagreements.jsonl holds them all
+
+
+def judge_disagreements(inp: CurationInputs) -> list[dict]:
+    """Every compared trace where the judge and math-verify disagree, with the judge's raw output.
+
+    Sorted by teacher then problem. ``raw_excerpt`` is the judge's reply outside its thinking, short
+    enough for a table row; ``raw`` is all of it.
+    """
+    from tracewise.judge_llm import excerpt
+
+    rows = []
+    for t in inp.teachers:
+        for pid, tr in sorted(inp.traces[t].items()):
+            mv, jd = inp.verdicts.get(f"math_verify|{tr.key}"), inp.verdicts.get(f"judge|{tr.key}")
+            if mv is None or jd is None or mv.correct == jd.correct:
+                continue
+            rows.append({"problem_id": pid, "teacher": t, "sample_idx": tr.sample_idx, "pred": mv.pred,
+                         "gold": mv.gold, "math_verify": mv.correct, "math_verify_reason": mv.reason,
+                         "judge": jd.correct, "judge_reason": jd.reason, "raw_excerpt": excerpt(jd.raw),
+                         "raw": jd.raw})
+    return rows
+
+
 def curation_table(inp: CurationInputs, kept: list[str], filter_name: str, mix_counts: dict | None) -> dict:
     """The numbers behind ``table.md``; ``None`` where an input does not carry what a number needs."""
     kept_set, vs = set(kept), inp.verdicts
@@ -221,7 +270,14 @@ def curation_table(inp: CurationInputs, kept: list[str], filter_name: str, mix_c
         "filter": filter_name, "teachers": inp.teachers, "problems_in": len(inp.problems), "kept": len(kept),
         "kept_pct": 100.0 * len(kept) / len(inp.problems) if inp.problems else 0.0,
         "per_teacher": per_teacher, "teacher_agreement": None, "token_ratio": None, "mix": mix_counts,
+        "disagreements": None,
     }
+    if any(r["judge_mv_agreement"] is not None for r in per_teacher.values()):
+        rows = judge_disagreements(inp)
+        compared = sum(r["n_traces"] for r in per_teacher.values() if r["judge_mv_agreement"] is not None)
+        table["disagreements"] = {"n": len(rows), "of": compared, "file": "disagreements.jsonl",
+                                  "shown": [{k: v for k, v in r.items() if k != "raw"}
+                                            for r in rows[:SHOW_DISAGREEMENTS]]}
     if len(inp.teachers) >= 2:
         common = [pid for pid in sorted(inp.problems)
                   if all(f"math_verify|{t}|{pid}|0" in vs for t in inp.teachers)]
@@ -279,19 +335,77 @@ def render_table(table: dict) -> str:
         picks = ", ".join(f"{n} from {t}" for t, n in sorted(m["counts"].items()))
         lines.append(f"- Mix `{m['name']}`: {picks}.")
     lines.append("- Known-wrong = traces whose teacher made an uncorrected mistake (embedded world only).")
+    lines.extend(decontam.render(table.get("pool_cleaning") or {}))
+    if table.get("strategy"):
+        lines.extend(curation_strategies.render(table["strategy"]))
+    if table.get("disagreements"):
+        lines.extend(_render_disagreements(table["disagreements"]))
     return "\n".join(lines) + "\n"
+
+
+def _cell(x, limit: int = 60) -> str:
+    text = " ".join(str(x).split()).replace("|", "\\|")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _render_disagreements(d: dict) -> list[str]:
+    lines = ["", f"Judge and math-verify disagree on {d['n']} of {d['of']} traces"
+             + (f"; the first {len(d['shown'])} (all in `{d['file']}`):" if d["n"] else ".")]
+    if d["shown"]:
+        lines += ["", "| problem | teacher | math-verify pred | gold | math-verify | judge | judge output (excerpt) |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in d["shown"]:
+            lines.append(f"| {_cell(r['problem_id'])} | {_cell(r['teacher'])} | {_cell(r['pred'])} | {_cell(r['gold'])} "
+                         f"| {r['math_verify_reason']} | {r['judge_reason']} | {_cell(r['raw_excerpt'], 160)} |")
+    return lines
+
+
+def _write_disagreements(path: Path, rows: list[dict]) -> None:
+    """One JSON object per line, for reading by eye or with jq; written atomically."""
+    import json
+    import os
+
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _extra_inputs(cfg: CurateConfig) -> list[Path]:
+    """Files besides the traces whose bytes change the result: eval sets, generate configs, reference."""
+    from tracewise.benchmarks import benchmark_path
+
+    out = []
+    if cfg.decontam.enabled:
+        for name in cfg.decontam.benchmarks:
+            try:
+                out.append(benchmark_path(name))
+            except ValueError:  # missing: skipped with a warning, shown in the table
+                pass
+        out += [Path(f) for f in cfg.decontam.files]
+        if cfg.decontam.world_test:  # the world test split is defined by the generate config, not its output
+            out += [Path(d) / "config.yaml" for d in cfg.generations if (Path(d) / "config.yaml").is_file()]
+    if cfg.strategy != "all" and cfg.selection.reference:
+        out.append(curation_strategies.reference_file(cfg.selection.reference))
+    return out
 
 
 def run(cfg: CurateConfig) -> Path:
     """Filter, build the datasets and the table; returns the run dir. A finished run is a no-op."""
     cfg.validate()
     inputs = [f for d in cfg.generations for f in generation_files(d)] + [verdicts_file(cfg.verdicts)]
+    inputs += _extra_inputs(cfg)
     run_dir = stage_dir(cfg.out, "curate", cfg, inputs=content_ordered(inputs))
     if is_done(run_dir):
         log.info("curate: %s is complete, nothing to do", run_dir)
         return run_dir
     inp = load_inputs(cfg)  # all validation happens here, before the run dir exists
-    kept = kept_problems(inp, cfg.filter)
+    clean = decontam.clean_pool(inp.problems, cfg.decontam, decontam.world_configs_of(cfg.generations))
+    kept = [pid for pid in kept_problems(inp, cfg.filter) if pid in clean.kept]
+    selection = None
+    if cfg.strategy != "all":  # a target larger than the pool fails here, before any output
+        selection = curation_strategies.select(cfg.strategy, cfg.target_size, kept, inp.problems, inp.teachers,
+                                               inp.traces, cfg.selection, cfg.mix_seed)
+        kept = sorted(selection.picks)
     if not kept:
         log.warning("curate: no problem passes filter %r for all of %s; the datasets are empty",
                     cfg.filter, inp.teachers)
@@ -311,10 +425,17 @@ def run(cfg: CurateConfig) -> Path:
         sizes[cfg.mix_name] = len(rows)
         counts = {t: sum(1 for p in picks.values() if p == t) for t in inp.teachers}
         mix_counts = {"name": cfg.mix_name, "counts": counts}
+    if selection is not None:
+        rows = [sft_row(inp.problems[pid], inp.traces[t][pid]) for pid, t in sorted(selection.picks.items())]
+        save_dataset(rows, run_dir / "datasets" / "selected")
+        sizes["selected"] = len(rows)
     table = curation_table(inp, kept, cfg.filter, mix_counts)
     table["datasets"] = sizes
+    table["pool_cleaning"] = clean.report
+    table["strategy"] = selection.info if selection is not None else None
     write_json(run_dir / "kept.json", {"filter": cfg.filter, "teachers": inp.teachers, "problem_ids": kept})
     write_json(run_dir / "table.json", table)
+    _write_disagreements(run_dir / "disagreements.jsonl", judge_disagreements(inp) if table["disagreements"] else [])
     markdown = render_table(table)
     (run_dir / "table.md").write_text(markdown, encoding="utf-8")
     for line in markdown.splitlines():

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from tracewise.backends.base import Completion, Request, SamplingParams
 from tracewise.config import doc
-from tracewise.controls import ControlConfig, run_control
+from tracewise.controls import ControlConfig, check_backend_for, control_sweep, run_control
+from tracewise.few_shot import FewShotConfig, few_shot_messages
 from tracewise.metrics import summarize, write_summary
 from tracewise.problem_sources import ProblemsConfig, load_problems
 from tracewise.progress import progress_bar
@@ -21,7 +22,8 @@ from tracewise.records import Problem, Sample
 from tracewise.store import AppendLog, is_done, mark_done, save_config, stage_dir
 from tracewise.tokens import THINK_CLOSE, n_tokens
 from tracewise.traces import parse_completion
-from tracewise.verify import verify
+from tracewise.verify import VerifyResult, verify
+from tracewise.verify_pool import DEFAULT_TIMEOUT_S, verify_many
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +48,16 @@ class EvalConfig:
     )
     control: ControlConfig = doc("Test-time control: none, budget_force, wait_extend, think_free, truncate.",
                                  factory=ControlConfig)
+    few_shot: FewShotConfig = doc("k-shot exemplars shown before each problem (style transfer); k=0 = zero-shot.",
+                                  factory=FewShotConfig)
     batch_size: int = doc("Generation batch size (rows decoded together).", 256, hash=False)
     n_boot: int = doc("Bootstrap resamples for the 95% CIs.", 1000)
     threads: int = doc("torch CPU threads (0 = torch default).", 0, hash=False)
+    trust_remote_code: bool = doc("Run Python code shipped with the model or tokenizer (HF auto_map); off unless you pass it.", False, hash=False)
+    verify_workers: int = doc("math-verify worker processes (-1 = auto, 0 = in this process without a hard "
+                              "time bound).", -1, hash=False)
+    verify_timeout_s: float = doc("Seconds one math-verify comparison may take; slower ones count as wrong.",
+                                  DEFAULT_TIMEOUT_S)
 
     def validate(self) -> None:
         from tracewise.backends import BACKENDS
@@ -60,6 +69,24 @@ class EvalConfig:
         if self.sampling.n < 1 or self.sampling.max_tokens < 1 or self.sampling.temperature < 0:
             raise ValueError("eval.sampling: n and max_tokens must be >= 1 and temperature >= 0")
         self.control.validate()
+        if self.verify_workers < -1 or not self.verify_timeout_s > 0:
+            raise ValueError(f"eval.verify_workers must be >= -1 and eval.verify_timeout_s > 0, got "
+                             f"{self.verify_workers} and {self.verify_timeout_s}")
+        # A control that continues a prefix needs a backend that can: checked on the class when it
+        # declares supports_prefix (before a model is loaded), else on the instance in run(), still
+        # before anything is generated (the OpenAI backend decides per endpoint).
+        import importlib
+
+        module_name, class_name = BACKENDS[self.backend].split(":")
+        backend_cls = getattr(importlib.import_module(module_name), class_name)
+        if getattr(backend_cls, "supports_prefix", None) is not None:
+            check_backend_for(self.control, backend_cls)
+        if self.control.name == "wait_extend":
+            for m in self.control.budgets or [self.control.min_thinking]:
+                if m >= self.sampling.max_tokens:
+                    raise ValueError(f"eval.control: min_thinking {m} must be below sampling.max_tokens "
+                                     f"({self.sampling.max_tokens})")
+        self.few_shot.validate()
 
     @property
     def benchmark_label(self) -> str:
@@ -67,11 +94,12 @@ class EvalConfig:
 
 
 def completion_to_sample(c: Completion, problem: Problem, experiment: str, benchmark: str, tokenizer,
-                         control: ControlConfig | None = None) -> Sample:
-    """Verify one completion and split its generated tokens into thinking and answer."""
+                         control: ControlConfig | None = None, result: VerifyResult | None = None) -> Sample:
+    """Verify one completion (unless ``result`` is its verdict already) and split its generated tokens
+    into thinking and answer."""
     parsed = parse_completion(c.text)
     truncated = c.finish_reason == "length"
-    result = verify(c.text, problem.answer, truncated=truncated)
+    result = result or verify(c.text, problem.answer, truncated=truncated)
     if "n_thinking_tokens" in c.meta:  # a control counted them (markers it inserted are not generated)
         n_think = int(c.meta["n_thinking_tokens"])
     else:
@@ -95,7 +123,7 @@ def completion_to_sample(c: Completion, problem: Problem, experiment: str, bench
         finish_reason=c.finish_reason,
         level=problem.level,
         control=control.label if control else "none",
-        budget=(control.budget or None) if control and control.name in ("budget_force", "truncate") else None,
+        budget=control.swept_value if control else None,
     )
 
 
@@ -107,49 +135,85 @@ def run(cfg: EvalConfig) -> Path:
 
     cfg.validate()
     problems = load_problems(cfg.problems)
-    inputs = [*cfg.problems.input_files(), *([cfg.model] if Path(cfg.model).exists() else [])]
+    exemplars = cfg.few_shot.exemplars()
+    inputs = [*cfg.problems.input_files(), *([cfg.model] if Path(cfg.model).exists() else []),
+              *([cfg.few_shot.path] if cfg.few_shot.k else [])]
     run_dir = stage_dir(cfg.out, "eval", cfg, inputs=inputs)
     if is_done(run_dir):
         log.info("eval: %s is complete, nothing to do", run_dir)
         return run_dir
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    save_config(run_dir, cfg)
-    store = AppendLog(run_dir / "samples.partial.jsonl", Sample, key=lambda s: s.key)
+    # One control, or one per point of a budget sweep; a sweep's samples are keyed by control too.
+    points = cfg.control.points
+    sweep = bool(cfg.control.budgets)
+
+    def key(label: str, problem_id: str, idx: int) -> str:
+        return f"{label}|{problem_id}|{idx}" if sweep else f"{problem_id}|{idx}"
+
     by_id = {p.id: p for p in problems}
+    messages = {p.id: few_shot_messages(p.question, exemplars, cfg.few_shot.k) for p in problems}
+    backend = get_backend(cfg.backend, model=cfg.model, batch_size=cfg.batch_size,
+                          trust_remote_code=cfg.trust_remote_code)
+    check_backend_for(cfg.control, backend)
+    save_config(run_dir, cfg)
+    store = AppendLog(run_dir / "samples.partial.jsonl", Sample, key=lambda s: key(s.control, s.problem_id, s.sample_idx))
     requests = []
     for p in problems:
-        idxs = [i for i in range(cfg.sampling.n) if not store.done(f"{p.id}|{i}")]
+        # A sample is redone when any point lacks it: the sweep is deterministic, and the store
+        # drops the records it already holds.
+        idxs = [i for i in range(cfg.sampling.n) if not all(store.done(key(c.label, p.id, i)) for c in points)]
         if idxs:
-            requests.append(Request(id=p.id, messages=[{"role": "user", "content": p.question}], sample_idxs=idxs))
-    backend = get_backend(cfg.backend, model=cfg.model, batch_size=cfg.batch_size)
+            requests.append(Request(id=p.id, messages=messages[p.id], sample_idxs=idxs))
     tokenizer = backend.tokenizer
-    label = cfg.experiment or Path(cfg.model).name
-    if cfg.control.name != "none":
-        label = f"{label} [{cfg.control.label}]"
-    todo = sum(len(r.sample_idxs or []) for r in requests)
-    with progress_bar(f"eval [{label}]", todo) as advance:
-        for batch in _generate(backend, requests, cfg):
-            store.append(completion_to_sample(c, by_id[c.request_id], label, cfg.benchmark_label, tokenizer, cfg.control)
-                         for c in batch)
+    student = cfg.experiment or Path(cfg.model).name
+    labels = {c.label: f"{student} [{c.label}]" if c.name != "none" else student for c in points}
+    todo = sum(len(r.sample_idxs or []) for r in requests) * len(points)
+    with progress_bar(f"eval [{student}]", todo) as advance:
+        for control, batch in _generate(backend, requests, cfg):
+            # One pooled, deadline-bounded, cached math-verify call per batch (tracewise.verify_pool).
+            verdicts = verify_many([(c.text, by_id[c.request_id].answer, c.finish_reason == "length") for c in batch],
+                                   workers=cfg.verify_workers if cfg.verify_workers >= 0 else None,
+                                   timeout_s=cfg.verify_timeout_s)
+            store.append(completion_to_sample(c, by_id[c.request_id], labels[control.label], cfg.benchmark_label,
+                                              tokenizer, control, v) for c, v in zip(batch, verdicts, strict=True))
             advance(len(batch))
     samples_path = store.finalize(run_dir / "samples.jsonl")
     samples = [store.records[k] for k in sorted(store.records)]
-    summary = summarize(samples, label, cfg.benchmark_label, n_boot=cfg.n_boot, seed=cfg.sampling.seed)
-    write_summary(run_dir / "summary.json", [summary.to_row()])
-    (run_dir / "experiment.txt").write_text(label)
-    mark_done(run_dir, {"experiment": label, "samples": str(samples_path.name), "n": len(samples)})
-    row = summary.to_row()
-    log.info("eval [%s]: pass@1 %.3f pass@8 %.3f mean tokens %.1f", label, row["pass@1"], row["pass@8"], row["mean_tokens"])
+    rows = []
+    for control in points:
+        label = labels[control.label]
+        summary = summarize([s for s in samples if s.control == control.label], label, cfg.benchmark_label,
+                            n_boot=cfg.n_boot, seed=cfg.sampling.seed)
+        row = summary.to_row()
+        # Which student, under which control and budget, with which exemplars: the report groups by these.
+        row.update(student=student, control=control.name, control_label=control.label, budget=control.swept_value)
+        if cfg.few_shot.k:
+            row.update(few_shot_k=cfg.few_shot.k, few_shot_style=cfg.few_shot.style)
+        rows.append(row)
+        log.info("eval [%s]: pass@1 %.3f pass@8 %.3f mean tokens %.1f", label, row["pass@1"], row["pass@8"],
+                 row["mean_tokens"])
+    write_summary(run_dir / "summary.json", rows)
+    (run_dir / "experiment.txt").write_text(student if sweep else labels[points[0].label])
+    mark_done(run_dir, {"experiment": [labels[c.label] for c in points] if sweep else labels[points[0].label],
+                        "samples": str(samples_path.name), "n": len(samples)})
     return run_dir
 
 
 def _generate(backend, requests: list[Request], cfg: EvalConfig):
-    """Plain sampling streams batches as they finish; a control runs chunk by chunk (it edits and
-    continues samples), and each chunk is stored before the next starts, so resume still works."""
+    """Yield ``(control, completions)``. Plain sampling streams batches as they finish; a control
+    runs chunk by chunk (it edits and continues samples), a sweep runs every budget of a chunk in
+    one call, and each chunk is stored before the next starts, so resume still works."""
     if cfg.control.name == "none":
-        yield from backend.generate(requests, cfg.sampling)
+        for batch in backend.generate(requests, cfg.sampling):
+            yield cfg.control, batch
         return
     chunk = max(1, cfg.batch_size // max(1, cfg.sampling.n))
     for i in range(0, len(requests), chunk):
-        yield run_control(cfg.control, backend, requests[i : i + chunk], cfg.sampling)
+        part = requests[i : i + chunk]
+        if cfg.control.budgets:
+            swept = control_sweep(cfg.control, backend, part, cfg.sampling)
+            for value, completions in swept.items():
+                yield cfg.control.at(value), completions
+        else:
+            yield cfg.control, run_control(cfg.control, backend, part, cfg.sampling)

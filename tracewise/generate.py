@@ -7,11 +7,16 @@ Not in the original module list: it is the first pipeline stage and needed a hom
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from tracewise.backends.base import Completion, Request, SamplingParams
+from tracewise.backends.openai_http import FAILED, OpenAIConfig
+from tracewise.backends.vllm import VLLMConfig
 from tracewise.config import doc
 from tracewise.problem_sources import ProblemsConfig, load_problems
 from tracewise.progress import progress_bar
@@ -30,13 +35,19 @@ class GenerateConfig:
 
     out: str = doc("Root directory; the stage writes into <out>/generate-<hash>/.", "runs", hash=False)
     name: str = doc("Teacher label stored in every trace (default: the embedded teacher's style).", "")
-    backend: str = doc("Backend name: 'embedded' (procedural teacher) or 'hf'.", "embedded")
+    backend: str = doc("Backend name: 'embedded' (procedural teacher), 'hf', 'vllm' or 'openai'.", "embedded")
     model: str = doc("Model path or id for model backends (unused by 'embedded').", "")
     tokenizer: str = doc("Student tokenizer (path or id) in which token counts are taken.", "")
     teacher: TeacherConfig = doc("Embedded teacher style and error rates.", factory=TeacherConfig)
     problems: ProblemsConfig = doc("Which problems to answer.", factory=ProblemsConfig)
     sampling: SamplingParams = doc("Samples per problem, temperature, max tokens, seed.", factory=SamplingParams)
     batch_size: int = doc("Backend batch size (model backends).", 64, hash=False)
+    trust_remote_code: bool = doc("Run Python code shipped with the model or tokenizer (HF auto_map); off unless you pass it.", False, hash=False)
+    openai: OpenAIConfig = doc("'openai' backend: endpoint, API key env var, concurrency, retries, timeouts.",
+                               factory=OpenAIConfig, hash=False)
+    vllm: VLLMConfig = doc("'vllm' backend: tensor/data parallel sizes, memory.", factory=VLLMConfig, hash=False)
+    retry_failed: bool = doc("Redo samples recorded as failed (failed.jsonl) instead of skipping them; reopens a "
+                             "finished run directory (CLI: --retry-failed).", False, hash=False)
 
     def validate(self) -> None:
         from tracewise.backends import BACKENDS
@@ -52,19 +63,41 @@ class GenerateConfig:
         # Nested sections built in Python (not via load_config) are not validated by build().
         self.teacher.validate()
         self.problems.validate()
+        if self.backend == "openai":
+            self.openai.validate()
+        if self.backend == "vllm":
+            self.vllm.validate()
 
     @property
     def label(self) -> str:
         return self.name or (self.teacher.style if self.backend == "embedded" else Path(self.model).name)
 
 
-def make_backend(name: str, model: str = "", teacher: TeacherConfig | None = None, batch_size: int = 64):
-    """Build a backend from stage settings (the name→class map lives in ``tracewise.backends``)."""
+def make_backend(name: str, model: str = "", teacher: TeacherConfig | None = None, batch_size: int = 64, **options):
+    """Build a backend from stage settings (the name→class map lives in ``tracewise.backends``);
+    ``options`` are backend-specific keyword arguments (``backend_options``)."""
     from tracewise.backends import get_backend
 
     if name == "embedded":
         return get_backend("embedded", teacher=teacher)
-    return get_backend(name, model=model, batch_size=batch_size)
+    return get_backend(name, model=model, batch_size=batch_size, **options)
+
+
+def backend_options(cfg: GenerateConfig) -> dict:
+    """The backend-specific settings of ``cfg`` as ``make_backend`` keyword arguments."""
+    if cfg.backend == "embedded":
+        return {}
+    return {**_backend_specific(cfg), "trust_remote_code": cfg.trust_remote_code}
+
+
+def _backend_specific(cfg: GenerateConfig) -> dict:
+    if cfg.backend == "openai":
+        # generate records failed samples (failed.jsonl) instead of silently leaving them pending.
+        return {**dataclasses.asdict(cfg.openai), "tokenizer": cfg.openai.tokenizer or cfg.tokenizer,
+                "report_failures": True}
+    if cfg.backend == "vllm":
+        return dataclasses.asdict(cfg.vllm)
+    return {}
 
 
 def completion_to_trace(c: Completion, teacher: str, tokenizer) -> Trace:
@@ -94,24 +127,32 @@ def run(cfg: GenerateConfig) -> Path:
     cfg.validate()
     problems = load_problems(cfg.problems)
     run_dir = stage_dir(cfg.out, "generate", cfg, inputs=[*cfg.problems.input_files(), *_local(cfg.tokenizer)])
-    if is_done(run_dir):
+    if is_done(run_dir) and not (cfg.retry_failed and _reopen_for_retry(run_dir)):
         log.info("generate: %s is complete, nothing to do", run_dir)
         return run_dir
+    # Built before anything is written: a bad model or an unreachable endpoint leaves no partial run dir.
+    backend = make_backend(cfg.backend, cfg.model, cfg.teacher, cfg.batch_size, **backend_options(cfg))
     save_config(run_dir, cfg)
     write_records(run_dir / "problems.jsonl", problems)
-    tokenizer = load_tokenizer(cfg.tokenizer)
+    tokenizer = load_tokenizer(cfg.tokenizer, cfg.trust_remote_code)
     store = AppendLog(run_dir / "traces.partial.jsonl", Trace, key=lambda t: t.key)
-    requests = _pending_requests(problems, cfg, store)
+    if cfg.retry_failed:
+        (run_dir / "failed.partial.jsonl").unlink(missing_ok=True)
+    # Samples that exhausted a backend's retries: Trace records with finish_reason "error" and the reason in meta.
+    failures = AppendLog(run_dir / "failed.partial.jsonl", Trace, key=lambda t: t.key)
+    requests = _pending_requests(problems, cfg, store, skip=failures.records)
     todo = sum(len(r.sample_idxs or []) for r in requests)
     if store.records:
         log.info("generate: resuming, %d traces already done, %d to go", len(store.records), todo)
-    backend = make_backend(cfg.backend, cfg.model, cfg.teacher, cfg.batch_size)
     with progress_bar(f"generate \\[{cfg.label}]", todo) as advance:  # "\\[": not rich markup
         for batch in backend.generate(requests, cfg.sampling):
-            store.append(completion_to_trace(c, cfg.label, tokenizer) for c in batch)
+            store.append(completion_to_trace(c, cfg.label, tokenizer) for c in batch if c.finish_reason != FAILED)
+            failures.append(_failed_trace(c, cfg.label) for c in batch if c.finish_reason == FAILED)
             advance(len(batch))
+    n_failed = _finish_failures(run_dir, failures, store)
     store.finalize(run_dir / "traces.jsonl")
-    mark_done(run_dir, {"teacher": cfg.label, "n_traces": len(store.records), "n_problems": len(problems)})
+    mark_done(run_dir, {"teacher": cfg.label, "n_traces": len(store.records), "n_problems": len(problems),
+                        "n_failed": n_failed})
     log.info("generate: %d traces by %s in %s", len(store.records), cfg.label, run_dir)
     return run_dir
 
@@ -120,10 +161,46 @@ def _local(path: str) -> list[str]:
     return [path] if path and Path(path).exists() else []
 
 
-def _pending_requests(problems: list[Problem], cfg: GenerateConfig, store: AppendLog) -> list[Request]:
+def _pending_requests(problems: list[Problem], cfg: GenerateConfig, store: AppendLog, skip=()) -> list[Request]:
     out = []
     for p in problems:
-        idxs = [i for i in range(cfg.sampling.n) if not store.done(f"{cfg.label}|{p.id}|{i}")]
+        idxs = [i for i in range(cfg.sampling.n)
+                if not store.done(key := f"{cfg.label}|{p.id}|{i}") and key not in skip]
         if idxs:
             out.append(Request(id=p.id, messages=[{"role": "user", "content": p.question}], problem=p, sample_idxs=idxs))
     return out
+
+
+def _failed_trace(c: Completion, teacher: str) -> Trace:
+    return Trace(problem_id=c.request_id, teacher=teacher, text="", thinking="", answer_text="", format="plain",
+                 finish_reason=FAILED, sample_idx=c.sample_idx, meta=dict(c.meta))
+
+
+def _finish_failures(run_dir: Path, failures: AppendLog, store: AppendLog) -> int:
+    """Write ``failed.jsonl`` (samples still failed, with reasons) or remove it when none are left."""
+    for key in [k for k in failures.records if store.done(k)]:
+        del failures.records[key]
+    if not failures.records:
+        failures.path.unlink(missing_ok=True)
+        (run_dir / "failed.jsonl").unlink(missing_ok=True)
+        return 0
+    failures.finalize(run_dir / "failed.jsonl")
+    log.warning("generate: %d samples failed after all retries (reasons in %s); rerun with --retry-failed",
+                len(failures.records), run_dir / "failed.jsonl")
+    return len(failures.records)
+
+
+def _reopen_for_retry(run_dir: Path) -> bool:
+    """Turn a finished run with failures back into a resumable one: its traces become the partial log
+    (copied atomically first, so a crash at any point leaves either the finished run or a resumable one)."""
+    if not (run_dir / "failed.jsonl").exists():
+        log.info("generate: %s has no failed samples to retry", run_dir)
+        return False
+    partial = run_dir / "traces.partial.jsonl"
+    if not partial.exists():
+        tmp = run_dir / "traces.partial.jsonl.tmp"
+        shutil.copyfile(run_dir / "traces.jsonl", tmp)
+        os.replace(tmp, partial)
+    (run_dir / "DONE").unlink()
+    log.info("generate: retrying the failed samples of %s", run_dir)
+    return True

@@ -17,9 +17,13 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, TypeVar, get_type_hints
 
 SCHEMA_VERSION = 1
+# A 128k-token trace is ~0.5 MB of JSON; a line 16x that is corruption or an attack, not a record.
+MAX_LINE_BYTES = 8 * 2**20
 
 # Reasons a verdict can carry; the curate/eval tables group by these.
 VERDICT_REASONS = ("correct", "wrong", "no_answer", "truncated", "unparseable_gold")
+# An LLM judge's verdict can also be "judge_unparseable": no verdict outside its thinking (counted
+# as not correct; the raw output is in Verdict.raw).
 
 
 @dataclass
@@ -199,7 +203,12 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
     if not path.exists():
         raise ValueError(f"{path}: file not found")
     with open(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
+        # readline with a limit: a corrupt or hostile file without newlines is refused after
+        # MAX_LINE_BYTES instead of being read whole into memory.
+        for lineno, raw in enumerate(iter(lambda: fh.readline(MAX_LINE_BYTES + 1), b""), start=1):
+            if len(raw) > MAX_LINE_BYTES:
+                raise ValueError(f"{path}:{lineno}: line longer than {MAX_LINE_BYTES // 2**20} MiB; "
+                                 "not a record (a corrupt file or a missing newline?)")
             if not raw.strip():
                 continue
             try:

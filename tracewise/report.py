@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from tracewise.config import doc
+from tracewise.diagnostics import consistency, consistency_reading, consistency_table, plot_solve_histogram
 from tracewise.metrics import level_breakdown, read_summary, write_summary
 from tracewise.records import Sample, read_records
 
@@ -374,6 +375,18 @@ def _level_data(rows: list[dict], sample_paths: list[str]) -> dict[str, dict[str
     return out
 
 
+def consistency_section(sample_paths: list[str], out: Path) -> Section:
+    """Per-problem solve counts per student: why pass@1 and pass@8 can rank students differently."""
+    grouped: dict[str, list[Sample]] = defaultdict(list)
+    for path in sample_paths:
+        for s in read_records(path, Sample):
+            grouped[s.experiment if s.benchmark == "world" else f"{s.experiment} ({s.benchmark})"].append(s)
+    stats = {name: consistency(samples) for name, samples in grouped.items()}
+    body = consistency_table(stats) + "\n\n" + consistency_reading(stats)
+    return Section("Are errors per-sample noise or problem-specific?", body,
+                   [plot_solve_histogram(stats, out / "solve_histogram.png")])
+
+
 def run(cfg: ReportConfig) -> Path:
     """Write report.md, report.html and the merged summary.json into ``cfg.out``; return the HTML path."""
     cfg.validate()
@@ -395,12 +408,18 @@ def run(cfg: ReportConfig) -> Path:
             for bench, by_exp in sorted(level_data.items())
         )
         sections.append(Section("Does the mixed student adapt length to difficulty?", body))
+    if cfg.samples:
+        sections.append(consistency_section(cfg.samples, out))
     if cfg.curate_table:
         sections.append(Section("Curation", Path(cfg.curate_table).read_text(encoding="utf-8")))
     for i, d in enumerate(cfg.extra_sections):
         sections.append(section_from_dict(d, f"report.extra_sections[{i}]"))
     for f in cfg.section_files:
         sections.append(load_section_file(f))
+    from tracewise.studies import controls_report  # imports this module: not at the top
+
+    if controls_report.has_control_rows(rows) and not any(s.title.startswith(controls_report.TITLE) for s in sections):
+        sections.extend(Section(title, body, images) for title, body, images in controls_report.sections(rows, out))
 
     md = render_markdown(cfg.title, sections, out)
     (out / "report.md").write_text(md, encoding="utf-8")

@@ -97,11 +97,42 @@ def mark_done(run_dir: Path, manifest: dict | None = None) -> None:
 
 
 def save_config(run_dir: Path, cfg: Any) -> None:
-    """Record the config a stage ran with (secrets are never part of configs: keys come from env)."""
-    from tracewise.config import dump_config
+    """Record the config a stage ran with. Keys come from env vars named in the config, never the
+    config itself; still, registered secrets, URL credentials and secret-named keys are masked."""
+    from tracewise.redact import safe_config_yaml
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(dump_config(cfg))
+    (run_dir / "config.yaml").write_text(safe_config_yaml(cfg))
+
+
+def last_complete_checkpoint(ckpt_root: str | os.PathLike) -> str | None:
+    """The newest ``checkpoint-N`` under ``ckpt_root`` that was saved completely, or None.
+
+    HF Trainer writes a checkpoint's files in place and ``trainer_state.json`` last, so a process
+    killed mid-save leaves a directory that ``get_last_checkpoint`` would pick and resuming from it
+    would fail (missing optimizer state) forever. A checkpoint counts only when its
+    ``trainer_state.json`` parses; newer incomplete ones are deleted so the Trainer's rotation and
+    the next save do not trip over them.
+    """
+    import re
+    import shutil
+
+    root = Path(ckpt_root)
+    if not root.is_dir():
+        return None
+    found = []
+    for d in root.iterdir():
+        m = re.fullmatch(r"checkpoint-(\d+)", d.name)
+        if m and d.is_dir():
+            found.append((int(m.group(1)), d))
+    for _step, d in sorted(found, reverse=True):
+        try:
+            json.loads((d / "trainer_state.json").read_text())
+            return str(d)
+        except (OSError, ValueError):
+            log.warning("%s: incomplete checkpoint (interrupted while saving); deleting it", d)
+            shutil.rmtree(d, ignore_errors=True)
+    return None
 
 
 class AppendLog:

@@ -33,7 +33,9 @@ from tracewise.traces import ParsedTrace, parse_completion
 logger = logging.getLogger(__name__)
 
 MAX_ANSWER_CHARS = 2000  # longer "answers" are not final answers and slow latex parsing down
-MAX_NESTING = 50  # bracket depth; deeper input is adversarial and recursion-heavy
+# Bracket depth. latex parsing slows with depth ((((x+1)))) nested 20 deep took 6 s, 49 deep never
+# finished), while no gold in GSM8K, MATH (train + test) or AIME 2024 nests deeper than 3.
+MAX_NESTING = 12
 MAX_DIGITS = 100_000  # an expression whose value needs more digits is refused before comparing
 MAX_BARE_ANSWER_CHARS = 100  # an answer span this short, on one line, is taken as the answer itself
 
@@ -79,6 +81,7 @@ class VerifyResult:
     correct: bool
     reason: str
     pred: str | None
+    timed_out: bool = False  # set by tracewise.verify_pool when the comparison missed its deadline
 
 
 def _last_boxed(text: str) -> str | None:
@@ -247,9 +250,19 @@ def parse_gold_ok(gold: str) -> bool:
     return isinstance(gold, str) and _parse_math(gold.strip()) is not None
 
 
+# Non-math golds of the embedded world's other domains (tracewise.world.domains): a capitalised name
+# ("Bob") or a [...] list of 3+ items. math-verify 0.9 reads "Bob" as the product b*b*o (so "Obb"
+# verifies as "Bob") and "1, 2, 3" as a set equal to "[3, 1, 2]"; these golds are compared as
+# whitespace- and case-normalised strings instead. No GSM8K/MATH/AIME gold has either shape.
+_SYMBOLIC_GOLD = re.compile(r"[A-Z][a-z]+|\[[^\[\]\\,]*(?:,[^\[\]\\,]*){2,}\]")
+
+
 @lru_cache(maxsize=65536)
 def _compare(pred: str, gold: str) -> tuple[bool, str]:
     """(correct, reason) for an extracted prediction against a gold answer."""
+    if _SYMBOLIC_GOLD.fullmatch(gold):
+        ok = re.sub(r"\s+", "", pred).casefold() == re.sub(r"\s+", "", gold).casefold()
+        return ok, "correct" if ok else "wrong"
     gold_parsed = _parse_math(gold)
     if gold_parsed is None:
         return False, "unparseable_gold"
@@ -280,30 +293,60 @@ def _clip(pred: str | None) -> str | None:
     return pred if pred is None or len(pred) <= MAX_ANSWER_CHARS else pred[:MAX_ANSWER_CHARS]
 
 
+def prepare(completion_text: str, gold: str, *, truncated: bool = False) -> tuple[str, str | None, str]:
+    """The cheap, in-process half of :func:`verify`: ``(gold, pred, status)`` with no math-verify call.
+
+    Extraction is ours and linear-time (regexes without nested quantifiers, one-pass brace
+    matching), so it runs in the caller; only :func:`judge_prepared` (math-verify parsing and
+    comparison, whose run time sympy does not bound) needs a deadline. ``status`` is ``compare``,
+    ``truncated``, ``no_answer``, ``too_long`` or ``error``. Never raises.
+    """
+    gold_s = gold.strip() if isinstance(gold, str) else ""
+    if not isinstance(completion_text, str):
+        return gold_s, None, "no_answer"
+    try:
+        parsed = parse_completion(completion_text)
+        pred = _predicted_answer(completion_text, parsed)
+    except Exception:  # e.g. a harmony marker with no message: model text may be any garbage
+        logger.debug("could not split completion %.80r", completion_text, exc_info=True)
+        return gold_s, None, "error"
+    if truncated or parsed.truncated:
+        return gold_s, _clip(pred), "truncated"
+    if pred is None:
+        return gold_s, None, "no_answer"
+    if len(pred) > MAX_ANSWER_CHARS:
+        # No final answer is this long; refused before math-verify and clipped for the verdict file.
+        return gold_s, _clip(pred), "too_long"
+    return gold_s, pred, "compare"
+
+
+def judge_prepared(gold_s: str, pred: str | None, status: str) -> VerifyResult:
+    """The math-verify half of :func:`verify`, on the output of :func:`prepare`. Never raises."""
+    try:
+        if _parse_math(gold_s) is None:
+            return VerifyResult(False, "unparseable_gold", None)
+        if status == "compare":
+            correct, reason = _compare(pred, gold_s)
+            return VerifyResult(correct, reason, pred)
+        return VerifyResult(False, status if status in ("truncated", "no_answer") else "wrong", pred)
+    except Exception:  # the contract is "never raises": a bug here must not kill a training run
+        logger.warning("verify failed unexpectedly; counting as wrong", exc_info=True)
+        return VerifyResult(False, "wrong", None)
+
+
 def verify(completion_text: str, gold: str, *, truncated: bool = False) -> VerifyResult:
     """Check a completion's final answer against ``gold``. Never raises; safe in any thread.
 
     ``truncated`` is the caller's knowledge that generation hit its token limit; a completion
     whose thinking never closed is treated the same. Truncated completions are never correct,
     but their predicted answer (if any) is still reported for inspection.
+
+    This runs in the calling process, bounded only by the size guards above. Batches (and any
+    caller that needs a hard time bound per comparison) use :func:`tracewise.verify_pool.verify_many`,
+    which runs :func:`judge_prepared` in worker processes with a per-task deadline.
     """
     try:
-        gold_s = gold.strip() if isinstance(gold, str) else ""
-        if _parse_math(gold_s) is None:
-            return VerifyResult(False, "unparseable_gold", None)
-        if not isinstance(completion_text, str):
-            return VerifyResult(False, "no_answer", None)
-        parsed = parse_completion(completion_text)
-        pred = _predicted_answer(completion_text, parsed)
-        if truncated or parsed.truncated:
-            return VerifyResult(False, "truncated", _clip(pred))
-        if pred is None:
-            return VerifyResult(False, "no_answer", None)
-        if len(pred) > MAX_ANSWER_CHARS:
-            # No final answer is this long; refused before math-verify and clipped for the verdict file.
-            return VerifyResult(False, "wrong", _clip(pred))
-        correct, reason = _compare(pred, gold_s)
-        return VerifyResult(correct, reason, pred)
+        return judge_prepared(*prepare(completion_text, gold, truncated=truncated))
     except Exception:  # the contract is "never raises": a bug here must not kill a training run
         logger.warning("verify failed unexpectedly; counting as wrong", exc_info=True)
         return VerifyResult(False, "wrong", None)

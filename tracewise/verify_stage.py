@@ -6,9 +6,11 @@ stage records both side by side (``verdicts.jsonl``) and writes ``audit.json`` w
 accuracies, their agreement and a sample of disagreements to read by eye. It only judges; choosing
 what to keep is ``curate``'s job.
 
-The judge verdict reuses math-verify's extracted answer: a judge LLM would read the same final
-answer, and using one extraction means the two methods disagree only about *equivalence*, never
-about which substring is the answer.
+Two judges: ``judge.backend=embedded`` is the procedural judge of the embedded world (known error
+rates, it reads math-verify's extracted answer, so the methods disagree only about *equivalence*);
+any generation backend (``hf``, ``vllm``, ``openai``) serves an LLM judge (``tracewise.judge_llm``)
+that reads the trace's final response itself, so it can also rescue answers math-verify could not
+extract. Its raw output is kept in ``Verdict.raw``.
 """
 
 from __future__ import annotations
@@ -22,21 +24,23 @@ from pathlib import Path
 from typing import Callable
 
 from tracewise.config import doc
+from tracewise.judge_llm import JudgeItem, JudgeResult, LLMJudge, LLMJudgeConfig, excerpt
 from tracewise.progress import progress_bar
 from tracewise.records import Problem, Trace, Verdict, from_dict, iter_jsonl
 from tracewise.store import AppendLog, is_done, mark_done, path_digest, save_config, stage_dir
-from tracewise.verify import verify
+from tracewise.verify_pool import DEFAULT_TIMEOUT_S, verify_many
 from tracewise.world.judge import JudgeConfig, procedural_judge
 
 log = logging.getLogger(__name__)
 
 METHODS = ("math_verify", "judge")
-# name -> what it is. An LLM judge backend (the paper's Qwen3 judge) is planned and plugs in here.
-JUDGES = {"embedded": "procedural judge with known false-positive/negative rates (tracewise.world.judge)"}
+# 'embedded' is the procedural judge; every generation backend name (tracewise.backends) serves an LLM judge.
+JUDGES = {"embedded": "procedural judge with known false-positive/negative rates (tracewise.world.judge)",
+          "<backend>": "an LLM judge model served by that generation backend (tracewise.judge_llm)"}
 MAX_DISAGREEMENTS = 50  # enough to eyeball patterns; the counts cover the rest
 BATCH = 128  # traces per AppendLog write: one fsync per batch, not per verdict
 
-JudgeFn = Callable[[str, str | None, str], tuple[bool, str]]
+JudgeFn = Callable[[list[JudgeItem]], list[JudgeResult]]  # batch in, results in the same order out
 
 
 @dataclass
@@ -47,8 +51,13 @@ class VerifyConfig:
     # Paths stay out of the hash: the run dir is keyed by the bytes of the files read (see run()).
     generations: list[str] = doc("Generate run directories whose traces to judge.", factory=list, hash=False)
     methods: list[str] = doc("Verdict methods to run: 'math_verify' and/or 'judge'.", factory=lambda: list(METHODS))
-    judge: str = doc("Judge backend for the 'judge' method; only 'embedded' exists so far.", "embedded")
+    judge: LLMJudgeConfig = doc("Judge for the 'judge' method (judge.backend=embedded|hf|vllm|openai).",
+                                factory=LLMJudgeConfig)
     judge_cfg: JudgeConfig = doc("Error rates and seed of the embedded judge.", factory=JudgeConfig)
+    verify_workers: int = doc("math-verify worker processes (-1 = auto, 0 = in this process without a hard "
+                              "time bound).", -1, hash=False)
+    verify_timeout_s: float = doc("Seconds one math-verify comparison may take; slower ones count as wrong.",
+                                  DEFAULT_TIMEOUT_S)
 
     def validate(self) -> None:
         if not self.generations:
@@ -60,9 +69,12 @@ class VerifyConfig:
         bad = [m for m in self.methods if m not in METHODS]
         if bad or len(set(self.methods)) != len(self.methods):
             raise ValueError(f"verify.methods: expected distinct values from {list(METHODS)}, got {self.methods}")
-        if self.judge not in JUDGES:
-            raise ValueError(f"verify.judge: unknown judge {self.judge!r}; valid: {sorted(JUDGES)}")
+        if "judge" in self.methods:
+            self.judge.validate()
         self.judge_cfg.validate()
+        if self.verify_workers < -1 or not self.verify_timeout_s > 0:
+            raise ValueError(f"verify.verify_workers must be >= -1 and verify.verify_timeout_s > 0, got "
+                             f"{self.verify_workers} and {self.verify_timeout_s}")
 
 
 def generation_files(run_dir: str | os.PathLike) -> tuple[Path, Path]:
@@ -165,30 +177,61 @@ def load_verdicts(run_dir: str | os.PathLike) -> dict[str, Verdict]:
     return out
 
 
-def make_judge(name: str, cfg: JudgeConfig) -> JudgeFn:
-    """``judge(trace_key, pred, gold) -> (correct, raw_output)`` for backend ``name``."""
-    if name == "embedded":
-        return lambda key, pred, gold: procedural_judge(key, pred, gold, cfg)
-    raise ValueError(f"verify.judge: unknown judge {name!r}; valid: {sorted(JUDGES)}")
+def make_judge(spec: LLMJudgeConfig | str, cfg: JudgeConfig) -> JudgeFn:
+    """A batch judge ``judge([JudgeItem]) -> [JudgeResult]`` for ``spec`` (a config or a backend name)."""
+    spec = LLMJudgeConfig(backend=spec) if isinstance(spec, str) else spec
+    if spec.backend == "embedded":
+        def embedded(items: list[JudgeItem]) -> list[JudgeResult]:
+            return [JudgeResult(*procedural_judge(i.key, i.pred, i.gold, cfg)) for i in items]
+        return embedded
+    spec.validate()
+    return LLMJudge(spec)
 
 
 def verdicts_for(trace: Trace, problem: Problem, methods: list[str], judge: JudgeFn) -> list[Verdict]:
     """One verdict per method for one trace."""
-    mv = verify(trace.text, problem.answer, truncated=trace.finish_reason == "length")
-    common = dict(problem_id=trace.problem_id, teacher=trace.teacher, gold=problem.answer, sample_idx=trace.sample_idx)
-    out = []
-    if "math_verify" in methods:
-        out.append(Verdict(method="math_verify", correct=mv.correct, reason=mv.reason, pred=mv.pred, **common))
-    if "judge" in methods:
-        if mv.pred is None or mv.reason == "truncated":
-            # Nothing to judge (no answer), or a trace cut off mid-thought that must never be trained
-            # on: the judge agrees with math-verify by construction and its reason passes through.
+    return verdicts_for_batch([(trace, problem)], methods, judge)
+
+
+def verdicts_for_batch(pairs: list[tuple[Trace, Problem]], methods: list[str], judge: JudgeFn,
+                       workers: int = 0, timeout_s: float = DEFAULT_TIMEOUT_S) -> list[Verdict]:
+    """One verdict per method per trace; every judge question of the batch goes out in one call.
+
+    math-verify runs in ``workers`` processes with a deadline per comparison (``tracewise.verify_pool``);
+    0 runs it here.
+    """
+    llm = isinstance(judge, LLMJudge)
+    out: list[Verdict] = []
+    asks: list[tuple[int, JudgeItem]] = []  # (position in out to fill, question)
+    mvs = verify_many([(t.text, p.answer, t.finish_reason == "length") for t, p in pairs],
+                      workers=workers if workers >= 0 else None, timeout_s=timeout_s)
+    for (trace, problem), mv in zip(pairs, mvs, strict=True):
+        common = dict(problem_id=trace.problem_id, teacher=trace.teacher, gold=problem.answer,
+                      sample_idx=trace.sample_idx)
+        if "math_verify" in methods:
+            out.append(Verdict(method="math_verify", correct=mv.correct, reason=mv.reason, pred=mv.pred, **common))
+        if "judge" not in methods:
+            continue
+        # A trace cut off mid-thought must never be trained on, whatever a judge says; the procedural
+        # judge also needs an extracted answer. Those verdicts pass math-verify's reason through.
+        # An LLM judge does read answer-less traces: rescuing answers math-verify missed is its point.
+        if mv.reason == "truncated" or (mv.pred is None and not llm):
             out.append(Verdict(method="judge", correct=False, reason=mv.reason, pred=mv.pred, **common))
         else:
-            ok, raw = judge(trace.key, mv.pred, problem.answer)
-            reason = "correct" if ok else "wrong"
-            out.append(Verdict(method="judge", correct=ok, reason=reason, pred=mv.pred, raw=raw, **common))
-    return out
+            out.append(Verdict(method="judge", correct=False, reason="", pred=mv.pred, **common))
+            asks.append((len(out) - 1, JudgeItem(trace.key, problem.question, problem.answer, mv.pred,
+                                                 trace.answer_text, trace.text)))
+    results = judge([item for _, item in asks])
+    unanswered = set()
+    for (pos, item), res in zip(asks, results, strict=True):
+        if res is None:  # the backend gave up on this one: store nothing for the trace, a rerun asks again
+            unanswered.add(item.key)
+            continue
+        v = out[pos]
+        v.correct = bool(res.correct)
+        v.reason = "judge_unparseable" if res.correct is None else ("correct" if res.correct else "wrong")
+        v.raw, v.meta = res.raw, dict(res.meta)
+    return [v for v in out if f"{v.teacher}|{v.problem_id}|{v.sample_idx}" not in unanswered]
 
 
 def build_audit(verdicts: list[Verdict], traces: list[Trace], methods: list[str]) -> dict:
@@ -227,7 +270,8 @@ def build_audit(verdicts: list[Verdict], traces: list[Trace], methods: list[str]
             if mv.correct != jd.correct:
                 disagreements.append(
                     {"teacher": teacher, "problem_id": pid, "sample_idx": idx, "pred": mv.pred,
-                     "gold": mv.gold, "mv": mv.correct, "judge": jd.correct}
+                     "gold": mv.gold, "mv": mv.correct, "judge": jd.correct, "judge_reason": jd.reason,
+                     "judge_excerpt": excerpt(jd.raw)}
                 )
         audit["agreement"] = {
             t: {"n": c["n"], "agree": c["agree"], "rate": c["agree"] / c["n"]} for t, c in sorted(agree.items())
@@ -248,13 +292,15 @@ def run(cfg: VerifyConfig) -> Path:
     """Judge every trace with every method; resumable; returns the run dir (``verdicts.jsonl``, ``audit.json``)."""
     cfg.validate()
     inputs = [f for d in cfg.generations for f in generation_files(d)]
+    if "judge" in cfg.methods and cfg.judge.template_file:
+        inputs.append(Path(cfg.judge.template_file))  # the template's bytes, not its path, key the run
     run_dir = stage_dir(cfg.out, "verify", cfg, inputs=content_ordered(inputs))
     if is_done(run_dir):
         log.info("verify: %s is complete, nothing to do", run_dir)
         return run_dir
     # Everything is read and validated before the run dir exists, so a bad input leaves no trace.
     gens = load_generations(cfg.generations, consistent=False)
-    judge = make_judge(cfg.judge, cfg.judge_cfg)
+    judge = make_judge(cfg.judge, cfg.judge_cfg) if "judge" in cfg.methods else make_judge("embedded", cfg.judge_cfg)
     save_config(run_dir, cfg)
     store = AppendLog(run_dir / "verdicts.partial.jsonl", Verdict, key=lambda v: v.key)
     # A trace is redone if any of its verdicts is missing (a torn line can drop one of a pair).
@@ -262,10 +308,15 @@ def run(cfg: VerifyConfig) -> Path:
     if store.records:
         log.info("verify: resuming, %d verdicts already done, %d traces to go", len(store.records), len(todo))
     with progress_bar("verify", len(todo)) as advance:
-        for start in range(0, len(todo), BATCH):
-            batch = todo[start : start + BATCH]
-            store.append(v for t, p in batch for v in verdicts_for(t, p, cfg.methods, judge))
+        step = cfg.judge.flush_every if isinstance(judge, LLMJudge) else BATCH
+        for start in range(0, len(todo), step):
+            batch = todo[start : start + step]
+            store.append(verdicts_for_batch(batch, cfg.methods, judge, cfg.verify_workers, cfg.verify_timeout_s))
             advance(len(batch))
+    left = sum(not all(store.done(f"{m}|{t.key}") for m in cfg.methods) for t, _ in todo)
+    if left:
+        raise ValueError(f"verify: the judge backend gave no answer for {left} trace(s) (see the warnings above); "
+                         f"the {len(store.records)} verdicts so far are kept in {run_dir}: rerun verify to retry the rest")
     store.finalize(run_dir / "verdicts.jsonl")
     audit = build_audit(list(store.records.values()), [t for t, _ in gens.pairs], cfg.methods)
     write_json(run_dir / "audit.json", audit)

@@ -16,6 +16,8 @@ from tracewise.backends.base import Backend, Completion, Request, SamplingParams
 BACKENDS: dict[str, str] = {
     "embedded": "tracewise.backends.embedded:EmbeddedTeacherBackend",
     "hf": "tracewise.backends.hf:HFBackend",
+    "openai": "tracewise.backends.openai_http:OpenAIBackend",
+    "vllm": "tracewise.backends.vllm:VLLMBackend",
 }
 
 

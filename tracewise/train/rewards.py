@@ -19,7 +19,8 @@ completion_ids, **dataset_columns) -> list[float | None]`` and a ``__name__`` (T
   ``validate_dataset_golds`` so no row is silently scored 0.
 
 ``correctness``, ``arora_zanette`` and ``cosine`` are complete rewards; ``kimi`` and
-``dapo_overlong`` are shaping terms to add to ``correctness`` with a weight.
+``dapo_overlong`` are shaping terms to add to ``correctness`` with a weight. The verl adapter
+(``compute_score`` / ``compute_score_batch``) is :mod:`tracewise.train.verl_reward`.
 """
 
 from __future__ import annotations
@@ -382,18 +383,3 @@ def validate_dataset_golds(dataset: Any, answer_field: str = "answer") -> None:
         more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
         raise ValueError(f"{len(bad)} row(s) have unusable '{answer_field}' golds: {'; '.join(bad[:5])}{more}")
 
-
-def compute_score(data_source: Any, solution_str: str, ground_truth: Any, extra_info: dict | None = None) -> float:
-    """verl custom reward (``custom_reward_function.path`` → this module, ``name: compute_score``).
-
-    Returns correctness only: verl's default reward manager scores one response at a time, so the
-    group-based length penalties (arora_zanette, kimi) need verl's batch reward manager instead.
-    verl decodes without special tokens, so truncation is only seen if ``extra_info["truncated"]``
-    is set; otherwise rely on verl's overlong filtering.
-    """
-    if isinstance(extra_info, dict) and extra_info.get("truncated"):
-        return 0.0
-    gold = _gold_text(ground_truth)
-    if gold is None:
-        raise ValueError(f"compute_score: unusable ground_truth {ground_truth!r} (data_source={data_source!r})")
-    return 1.0 if _is_correct(str(solution_str), gold) else 0.0

@@ -85,6 +85,7 @@ class RLRunConfig:
     vllm_gpu_memory_utilization: float = doc("GPU memory share vLLM may take when colocated.", 0.3, hash=False)
     gradient_checkpointing: bool = doc("Trade compute for memory (large models).", False)
     threads: int = doc("torch CPU threads (0 = torch default).", 0, hash=False)
+    trust_remote_code: bool = doc("Run Python code shipped with the model or tokenizer (HF auto_map); off unless you pass it.", False, hash=False)
 
     def validate(self) -> None:
         from tracewise.train.rewards import build_rewards, check_group_size
@@ -287,9 +288,9 @@ def trainer_args(cfg: RLRunConfig, output_dir: str, weights: list[float]):
 
 
 def _last_checkpoint(ckpt_root: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+    from tracewise.store import last_complete_checkpoint
 
-    return get_last_checkpoint(str(ckpt_root)) if ckpt_root.exists() else None
+    return last_complete_checkpoint(ckpt_root)  # skips (and deletes) a checkpoint torn by a kill mid-save
 
 
 def _done_steps(run_dir: Path) -> int:
@@ -337,8 +338,8 @@ def run(cfg: RLRunConfig, callbacks: list | None = None) -> Path:
         torch.set_num_threads(cfg.threads)
     dataset = load_prompts(cfg.problems)  # bad golds fail here, before anything is written
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_path)
-        model = AutoModelForCausalLM.from_pretrained(model_path)
+        tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code)
     except Exception as e:
         raise ValueError(f"{cfg.model}: not a causal LM with a tokenizer ({type(e).__name__}: {e})") from None
     tokenizer.padding_side = "left"

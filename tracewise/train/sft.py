@@ -11,12 +11,20 @@ deliberate departures from TRL's defaults, both measured in ``benchmarks/sft.py`
 
 Resume: checkpoints hold optimizer, scheduler and RNG state; a rerun continues from the last one
 with the same data order (HF Trainer skips the batches already seen).
+
+Real students (any HF causal LM): LoRA (``lora.r > 0``) or QLoRA (``qlora``: 4-bit NF4 base via
+bitsandbytes, CUDA only) through PEFT, bf16, gradient checkpointing, TRL packing (best-fit
+decreasing, padding-free). Multi-GPU and DeepSpeed come from ``accelerate launch --config_file
+configs/accelerate/<ddp|zero2|zero3>.yaml -m tracewise.cli train sft ...``: every rank runs this
+stage, rank 0 alone writes the run dir's files. A LoRA run keeps the adapter in ``adapter/`` and, by
+default, the merged model in ``model/``, so later stages load ``model/`` whatever the recipe was.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +32,22 @@ from tracewise.config import doc
 from tracewise.store import is_done, mark_done, save_config, stage_dir
 
 log = logging.getLogger(__name__)
+
+
+MODEL_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass
+class LoRASpec:
+    """LoRA adapter settings (PEFT); ``r = 0`` means a full fine-tune."""
+
+    r: int = doc("LoRA rank; 0 = full fine-tune (every weight trains).", 0)
+    alpha: int = doc("LoRA alpha (the update is scaled by alpha / r).", 32)
+    dropout: float = doc("Dropout on the LoRA branch input.", 0.05)
+    target_modules: list[str] = doc("Module names to adapt, or ['all-linear'] (every linear but the LM head).",
+                                    factory=lambda: ["all-linear"])
+    merge: bool = doc("Save the base with the adapter merged into model/ (adapter/ keeps the adapter); "
+                      "false = model/ holds the adapter only.", True)
 
 
 @dataclass
@@ -37,6 +61,8 @@ class SFTRunConfig:
     max_steps: int = doc("Optimizer steps (the paper: 3000).", 600)
     batch_size: int = doc("Per-device batch size.", 32)
     grad_accum: int = doc("Gradient accumulation steps (global batch = batch_size × grad_accum × devices).", 1)
+    global_batch: int = doc("If > 0: derive grad_accum = global_batch / (batch_size × devices) at launch, so one "
+                            "recipe keeps its global batch on any number of GPUs.", 0)
     learning_rate: float = doc("Peak learning rate (AdamW).", 3e-3)
     warmup_ratio: float = doc("Fraction of steps for linear warmup before the cosine decay.", 0.05)
     weight_decay: float = doc("AdamW weight decay.", 0.0)
@@ -48,6 +74,18 @@ class SFTRunConfig:
     fast_loss: bool = doc("Plain next-token loss without TRL's per-step entropy/accuracy metrics.", True)
     bf16: bool | None = doc("bf16 mixed precision; None = on when CUDA is available.", None)
     gradient_checkpointing: bool = doc("Trade compute for memory (large models).", False)
+    packing: bool = doc("Pack samples into max_length rows (TRL best-fit decreasing, padding-free; use "
+                        "attn_implementation=flash_attention_2 on GPU so packed samples never attend to each other).",
+                        False)
+    lora: LoRASpec = doc("LoRA adapter (lora.r > 0) instead of a full fine-tune.", factory=LoRASpec)
+    qlora: bool = doc("QLoRA: load the base in 4-bit NF4 (bitsandbytes, CUDA only) and train a LoRA on it.", False)
+    model_dtype: str = doc("dtype the base is loaded in: 'auto' (bf16 for (Q)LoRA when bf16 is on, else float32 "
+                           "master weights), 'float32', 'bfloat16', 'float16'.", "auto")
+    attn_implementation: str = doc("Attention kernel ('sdpa', 'flash_attention_2', 'eager'); '' = transformers' "
+                                   "default.", "")
+    trust_remote_code: bool = doc("Allow model code from the hub (some base models need it).", False)
+    chat_template: str = doc("Chat template for a tokenizer without one (base models): a .jinja file or a "
+                             "tokenizer path/id to copy it from; '' = the tokenizer's own.", "")
     threads: int = doc("torch CPU threads (0 = torch default).", 0, hash=False)
 
     def validate(self) -> None:
@@ -60,6 +98,16 @@ class SFTRunConfig:
                 raise ValueError(f"train.sft.{name} must be >= 1, got {getattr(self, name)}")
         if self.learning_rate <= 0 or not 0 <= self.warmup_ratio < 1:
             raise ValueError("train.sft.learning_rate must be > 0 and warmup_ratio in [0, 1)")
+        if self.global_batch < 0:
+            raise ValueError(f"train.sft.global_batch must be >= 0 (0 = use grad_accum), got {self.global_batch}")
+        if self.lora.r < 0 or self.lora.alpha <= 0 or not 0 <= self.lora.dropout < 1:
+            raise ValueError("train.sft.lora: r must be >= 0 (0 = full fine-tune), alpha > 0, dropout in [0, 1)")
+        if self.lora.r and not self.lora.target_modules:
+            raise ValueError("train.sft.lora.target_modules: give module names or ['all-linear']")
+        if self.qlora and self.lora.r == 0:
+            raise ValueError("train.sft.qlora trains a LoRA on a 4-bit base: set lora.r > 0 (e.g. lora.r=16)")
+        if self.model_dtype not in MODEL_DTYPES:
+            raise ValueError(f"train.sft.model_dtype: expected one of {list(MODEL_DTYPES)}, got {self.model_dtype!r}")
 
 
 def model_dir(run_dir: str | Path) -> Path:
@@ -111,40 +159,130 @@ def _load_dataset(path: str):
 
 
 def _last_checkpoint(ckpt_root: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+    from tracewise.store import last_complete_checkpoint
 
-    return get_last_checkpoint(str(ckpt_root)) if ckpt_root.exists() else None
+    return last_complete_checkpoint(ckpt_root)  # skips (and deletes) a checkpoint torn by a kill mid-save
+
+
+def adapter_dir(run_dir: str | Path) -> Path:
+    """Where a LoRA run keeps its adapter (``PeftModel.from_pretrained(base, adapter_dir)``)."""
+    return Path(run_dir) / "adapter"
+
+
+def world_size() -> int:
+    """Processes in this launch (``accelerate launch`` / torchrun set WORLD_SIZE)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def grad_accum_for(cfg: SFTRunConfig, n_procs: int) -> int:
+    """Gradient accumulation steps: ``cfg.grad_accum``, or what keeps ``cfg.global_batch`` on ``n_procs``."""
+    if not cfg.global_batch:
+        return cfg.grad_accum
+    per_step = cfg.batch_size * n_procs
+    if cfg.global_batch % per_step:
+        raise ValueError(
+            f"train.sft.global_batch={cfg.global_batch} is not a multiple of batch_size × processes = "
+            f"{cfg.batch_size} × {n_procs}; change batch_size or the number of processes"
+        )
+    return cfg.global_batch // per_step
+
+
+def _check_hardware(cfg: SFTRunConfig, cuda: bool) -> None:
+    if cfg.qlora:
+        if not cuda:
+            raise ValueError("train.sft.qlora needs a CUDA GPU (bitsandbytes 4-bit kernels); this machine has none. "
+                             "Use lora.r > 0 without qlora for LoRA on CPU")
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise ValueError("train.sft.qlora needs bitsandbytes: pip install 'tracewise[qlora]'") from None
+
+
+def _load_dtype(cfg: SFTRunConfig, bf16: bool):
+    import torch
+
+    if cfg.model_dtype != "auto":
+        return getattr(torch, cfg.model_dtype)
+    # A full fine-tune keeps float32 master weights (mixed precision autocasts the matmuls); a frozen
+    # (Q)LoRA base never gets an optimizer step, so bf16 halves its memory at no cost.
+    return torch.bfloat16 if cfg.lora.r and bf16 else torch.float32
+
+
+def _load_model(cfg: SFTRunConfig, dtype):
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict = {"dtype": dtype, "trust_remote_code": cfg.trust_remote_code}
+    if cfg.attn_implementation:
+        kwargs["attn_implementation"] = cfg.attn_implementation
+    if cfg.qlora:
+        import torch
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_quant_storage=torch.bfloat16)
+        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(cfg.model, **kwargs)
+    except Exception as e:
+        raise ValueError(f"{cfg.model}: not a causal LM ({type(e).__name__}: {e})") from None
+    if cfg.qlora:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    return model
+
+
+def _peft_config(cfg: SFTRunConfig):
+    if not cfg.lora.r:
+        return None
+    from peft import LoraConfig
+
+    targets = cfg.lora.target_modules
+    return LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout, task_type="CAUSAL_LM",
+                      target_modules="all-linear" if targets == ["all-linear"] else list(targets))
 
 
 def run(cfg: SFTRunConfig) -> Path:
     """Train; resumable from the last checkpoint; returns the run dir (final model in ``model/``)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
     from trl import SFTConfig
 
     cfg.validate()
-    run_dir = stage_dir(cfg.out, "sft", cfg, inputs=[p for p in (cfg.model, cfg.dataset) if Path(p).exists()])
+    cuda = torch.cuda.is_available()
+    _check_hardware(cfg, cuda)
+    n_procs, main = world_size(), is_main_process()
+    grad_accum = grad_accum_for(cfg, n_procs)
+    run_dir = stage_dir(cfg.out, "sft", cfg,
+                        inputs=[p for p in (cfg.model, cfg.dataset, cfg.chat_template) if p and Path(p).exists()])
     if is_done(run_dir):
         log.info("train sft: %s is complete, nothing to do", run_dir)
         return run_dir
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     dataset = _load_dataset(cfg.dataset)
-    save_config(run_dir, cfg)
-    (run_dir / "experiment.txt").write_text(cfg.experiment or Path(cfg.dataset).name)
-    tokenizer = AutoTokenizer.from_pretrained(cfg.model)
     try:
-        model = AutoModelForCausalLM.from_pretrained(cfg.model)
+        tokenizer = AutoTokenizer.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
     except Exception as e:
-        raise ValueError(f"{cfg.model}: not a causal LM ({type(e).__name__}: {e})") from None
-    cuda = torch.cuda.is_available()
+        raise ValueError(f"{cfg.model}: cannot load its tokenizer ({type(e).__name__}: {e})") from None
+    if not tokenizer.chat_template and not cfg.chat_template:
+        raise ValueError(f"{cfg.model}: its tokenizer has no chat template (a base model?); set "
+                         "train.sft.chat_template, e.g. chat_template=configs/paper/chat_template.jinja")
+    if main:  # every rank runs this stage; one writes the run dir's files
+        save_config(run_dir, cfg)
+        (run_dir / "experiment.txt").write_text(cfg.experiment or Path(cfg.dataset).name)
     bf16 = cuda if cfg.bf16 is None else cfg.bf16
     ckpt_root = run_dir / "checkpoints"
     args = SFTConfig(
         output_dir=str(ckpt_root),
         max_steps=cfg.max_steps,
         per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum,
+        gradient_accumulation_steps=grad_accum,
         learning_rate=cfg.learning_rate,
         lr_scheduler_type="cosine",
         warmup_steps=cfg.warmup_ratio,  # transformers 5: a float < 1 is a ratio of max_steps
@@ -152,11 +290,12 @@ def run(cfg: SFTRunConfig) -> Path:
         optim="adamw_torch",
         max_length=cfg.max_length,
         completion_only_loss=True,
-        packing=False,
+        packing=cfg.packing,
         bf16=bf16,
         use_cpu=not cuda,
         gradient_checkpointing=cfg.gradient_checkpointing,
-        train_sampling_strategy="group_by_length" if cfg.length_grouping else "random",
+        # Packed rows are all max_length long: grouping them by length would only cost a pass.
+        train_sampling_strategy="group_by_length" if cfg.length_grouping and not cfg.packing else "random",
         logging_steps=cfg.logging_steps,
         save_steps=cfg.save_steps,
         save_total_limit=2,
@@ -165,27 +304,73 @@ def run(cfg: SFTRunConfig) -> Path:
         data_seed=cfg.seed,
         dataloader_num_workers=0,
         disable_tqdm=True,
+        # Every parameter that requires grad gets one; DDP's search for unused ones is a wasted pass.
+        ddp_find_unused_parameters=False,
+        chat_template_path=cfg.chat_template or None,
     )
+    # After the SFTConfig: under DeepSpeed ZeRO-3 it registers the config that makes from_pretrained
+    # load each weight straight into its shard instead of whole on every rank.
+    model = _load_model(cfg, _load_dtype(cfg, bf16))
     trainer_cls = _trainer_class() if cfg.fast_loss else __import__("trl").SFTTrainer
-    trainer = trainer_cls(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    trainer = trainer_cls(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                          peft_config=_peft_config(cfg))
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # it prints raw dicts; losses go to logging + log_history.json
-    trainer.add_callback(_progress_callback(cfg.max_steps, cfg.experiment or "sft"))
+    if main:
+        trainer.add_callback(_progress_callback(cfg.max_steps, cfg.experiment or "sft"))
     resume = _last_checkpoint(ckpt_root)
     if resume:
         log.info("train sft: resuming from %s", resume)
+    log.info("train sft [%s]: rank %d of %d: batch %d × grad_accum %d × %d process(es) = global batch %d%s",
+             cfg.experiment, trainer.args.process_index, n_procs, cfg.batch_size, grad_accum, n_procs,
+             n_procs * cfg.batch_size * grad_accum,
+             f", LoRA r={cfg.lora.r}" + (" on a 4-bit base" if cfg.qlora else "") if cfg.lora.r else "")
     trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model(str(model_dir(run_dir)))
-    tokenizer.save_pretrained(str(model_dir(run_dir)))
-    history = trainer.state.log_history
-    (run_dir / "log_history.json").write_text(json.dumps(history, indent=1))
-    losses = [h["loss"] for h in history if "loss" in h]
-    mark_done(run_dir, {"experiment": cfg.experiment, "steps": trainer.state.global_step,
-                        "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None})
-    log.info("train sft [%s]: %d steps, loss %.3f → %.3f", cfg.experiment, trainer.state.global_step,
-             losses[0] if losses else float("nan"), losses[-1] if losses else float("nan"))
+    _save(cfg, trainer, tokenizer, run_dir, main)
+    if main:
+        history = trainer.state.log_history
+        (run_dir / "log_history.json").write_text(json.dumps(history, indent=1))
+        losses = [h["loss"] for h in history if "loss" in h]
+        mark_done(run_dir, {"experiment": cfg.experiment, "steps": trainer.state.global_step,
+                            "processes": n_procs, "global_batch": n_procs * cfg.batch_size * grad_accum,
+                            "lora_r": cfg.lora.r, "qlora": cfg.qlora,
+                            "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None})
+        log.info("train sft [%s]: %d steps, loss %.3f → %.3f", cfg.experiment, trainer.state.global_step,
+                 losses[0] if losses else float("nan"), losses[-1] if losses else float("nan"))
+    trainer.accelerator.wait_for_everyone()  # no rank returns before the run dir is complete
     return run_dir
+
+
+def _save(cfg: SFTRunConfig, trainer, tokenizer, run_dir: Path, main: bool) -> None:
+    """Final weights: ``model/`` always loads with ``from_pretrained``; LoRA runs also keep ``adapter/``.
+
+    ``trainer.save_model`` runs on every rank (under ZeRO-3 it gathers shards) and writes on rank 0.
+    The merge reloads the base unquantised and applies the saved adapter, which is right under any
+    sharding and for QLoRA (merging into 4-bit weights would round the update away).
+    """
+    if not cfg.lora.r:
+        trainer.save_model(str(model_dir(run_dir)))
+        if main:
+            tokenizer.save_pretrained(str(model_dir(run_dir)))
+            log.info("train sft: final model saved to %s", model_dir(run_dir))
+        return
+    target = adapter_dir(run_dir) if cfg.lora.merge else model_dir(run_dir)
+    trainer.save_model(str(target))
+    if not main:
+        return
+    tokenizer.save_pretrained(str(target))
+    if cfg.lora.merge:
+        import torch
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM
+
+        dtype = torch.bfloat16 if cfg.qlora else _load_dtype(cfg, bool(trainer.args.bf16))
+        base = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
+        merged = PeftModel.from_pretrained(base, str(target)).merge_and_unload()
+        merged.save_pretrained(str(model_dir(run_dir)))
+        tokenizer.save_pretrained(str(model_dir(run_dir)))
+    log.info("train sft: final model saved to %s", model_dir(run_dir))
 
 
 def _progress_callback(total: int, label: str):

@@ -35,6 +35,8 @@ class JudgeConfig:
 def _norm(ans: str | None) -> str | None:
     if ans is None:
         return None
+    if ans.strip().startswith("["):  # a listops list: the whole list matters, not its last number
+        return re.sub(r"\s+", "", ans)
     m = _NUM.findall(ans.replace(",", ""))
     return m[-1] if m else ans.strip()
 

@@ -41,7 +41,8 @@ class WorldConfig:
     n_test: int = doc("Number of held-out test problems (disjoint from train).", 200)
     levels: list[int] = doc("Difficulty levels to draw from; level L chains L+1 operations.", factory=lambda: [1, 2, 3])
     max_value: int = doc("Largest intermediate value allowed; 9 keeps every step a single-digit fact a tiny student can learn.", 9)
-    domain: str = doc("World domain (only 'arith' in the quickstart).", "arith")
+    domain: str = doc("World domain: 'arith' (the quickstart's math), 'ordering' or 'listops' "
+                      "(see tracewise.world.domains).", "arith")
     ops: list[str] = doc(
         "Operations to draw from ('+', '-', '*'). Default +/-: with single-digit values '*' is rare and "
         "its phrasing costs a tiny student many steps to learn.", factory=lambda: ["+", "-"])
@@ -56,8 +57,9 @@ class WorldConfig:
             raise ValueError("world.max_value must be >= 9")
         if not self.ops or set(self.ops) - {"+", "-", "*"}:
             raise ValueError(f"world.ops: expected a non-empty subset of ['+', '-', '*'], got {self.ops}")
-        if self.domain != "arith":
-            raise ValueError(f"world.domain: unknown domain {self.domain!r}; valid: ['arith']")
+        from tracewise.world.domains import get_domain
+
+        get_domain(self.domain)  # ValueError naming the valid domains
 
 
 def _rng(seed: int, *parts: object) -> random.Random:
@@ -123,6 +125,9 @@ def generate_problems(cfg: WorldConfig, split: str) -> list[Problem]:
 
 
 def _draw(cfg: WorldConfig, split: str, n: int, exclude: set[str]) -> list[Problem]:
+    from tracewise.world.domains import get_domain
+
+    domain = get_domain(cfg.domain)  # unknown domain: ValueError before any work
     out: list[Problem] = []
     seen = set(exclude)
     attempt = 0
@@ -130,7 +135,11 @@ def _draw(cfg: WorldConfig, split: str, n: int, exclude: set[str]) -> list[Probl
         rng = _rng(cfg.seed, cfg.domain, split, attempt)
         attempt += 1
         level = cfg.levels[len(out) % len(cfg.levels)]  # balanced levels
-        p = make_problem(rng, f"{cfg.domain}-{split}-{len(out):05d}", level, split, cfg.max_value, cfg.ops)
+        pid = f"{cfg.domain}-{split}-{len(out):05d}"
+        if cfg.domain == "arith":
+            p = make_problem(rng, pid, level, split, cfg.max_value, cfg.ops)
+        else:  # other domains (tracewise.world.domains); max_value and ops are arithmetic-only
+            p = domain.make_problem(rng, pid, level, split)
         if attempt > 50 * (n + 10):
             raise ValueError(f"world: could not draw {n} distinct {split} problems; lower n or widen levels/ops")
         if p.question in seen:

@@ -134,8 +134,8 @@ def pretrain(path: str | Path, docs: list[str], steps: int, *, batch_size: int =
 
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    tok = AutoTokenizer.from_pretrained(str(path))
-    model = AutoModelForCausalLM.from_pretrained(str(path))
+    tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)  # our own files: never remote code
+    model = AutoModelForCausalLM.from_pretrained(str(path), trust_remote_code=False)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     warmup = max(1, steps // 20)

@@ -121,6 +121,15 @@ def _gptoss_text(problem: Problem, steps: list[tuple]) -> str:
     return " ".join(parts)
 
 
+def _other_domain(problem: Problem):
+    """The non-arithmetic world domain that wrote ``problem``, or None (arith keeps its own code path)."""
+    if problem.source != "world" or problem.domain == "arith":
+        return None
+    from tracewise.world.domains import DOMAINS
+
+    return DOMAINS.get(problem.domain)
+
+
 def write_trace(problem: Problem, cfg: TeacherConfig, seed: int, sample_idx: int = 0) -> tuple[str, bool]:
     """The teacher's completion text for one problem, and whether it contains an uncorrected error.
 
@@ -128,14 +137,19 @@ def write_trace(problem: Problem, cfg: TeacherConfig, seed: int, sample_idx: int
     same bytes and the two teachers' mistakes are independent.
     """
     rng = random.Random(sample_seed(seed, f"{cfg.style}|{problem.id}", sample_idx))
-    steps, erred = compute_steps(problem, rng, cfg)
-    answer = steps[-1][3]
+    domain = _other_domain(problem)
+    if domain is not None:  # ordering, listops, ...: same seeding and formats, the domain's own text
+        steps, erred = domain.solve(problem, rng, cfg.rate_for(problem.level))
+        answer = domain.answer(problem, steps)
+    else:
+        steps, erred = compute_steps(problem, rng, cfg)
+        answer = steps[-1][3]
     drop_answer = rng.random() < cfg.format_error_rate
     if cfg.style == "r1":
-        thinking = _r1_text(problem, steps, rng, cfg)
+        thinking = domain.r1_thinking(problem, steps, rng, cfg) if domain else _r1_text(problem, steps, rng, cfg)
         final = "I am not sure." if drop_answer else f"So the answer is \\boxed{{{answer}}}."
         return f"<think>\n{thinking}\n</think>\n\n{final}", erred
-    thinking = _gptoss_text(problem, steps)
+    thinking = domain.gptoss_thinking(problem, steps) if domain else _gptoss_text(problem, steps)
     final = "Done." if drop_answer else f"Answer: {answer}"
     return (
         f"<|channel|>analysis<|message|>{thinking}<|end|>"

@@ -1,0 +1,157 @@
+"""Study ``controls``: test-time controls vs trained students on one accuracy-vs-tokens chart.
+
+For every student of a quickstart run (its SFT students r1 / gpt-oss / mix, and RL students when
+``rl-*`` runs are there) the study runs one ``eval`` per control: a budget sweep for
+``budget_force`` and ``truncate`` (``control.budgets``: one generation at the largest budget is cut
+for the smaller ones), a ``min_thinking`` sweep for ``wait_extend``, a single point for
+``think_free``, and the student as trained (no control). Every eval is an ordinary stage in the
+store, so a rerun is a no-op and an interrupted study resumes. The rows go to ``<out>/summary.json``
+and the "Test-time controls" section (``tracewise.studies.controls_report``) to
+``<out>/controls_section.json``; pass it to ``tracewise report section_files=[...]``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tracewise import evaluate
+from tracewise.backends.base import SamplingParams
+from tracewise.config import doc
+from tracewise.controls import CONTROLS, ControlConfig
+from tracewise.metrics import read_summary, write_summary
+from tracewise.problem_sources import ProblemsConfig
+from tracewise.studies.controls_report import write_controls_section
+from tracewise.world.problems import WorldConfig
+
+log = logging.getLogger(__name__)
+
+STUDY_CONTROLS = ("budget_force", "truncate", "wait_extend", "think_free")
+
+
+def quickstart_test_problems() -> ProblemsConfig:
+    return ProblemsConfig(split="test", world=WorldConfig(n_train=4000, n_test=100))  # tracewise.quickstart's world
+
+
+def discover_students(run_dir: str | Path) -> dict[str, Path]:
+    """``{experiment: model dir}`` of the finished SFT and RL runs (``sft-*``, ``rl-*``) under ``run_dir``."""
+    root = Path(run_dir)
+    if not root.is_dir():
+        raise ValueError(f"{root}: run directory not found (run `tracewise quickstart` first, or set models)")
+    found: dict[str, Path] = {}
+    for d in sorted([*root.glob("sft-*"), *root.glob("rl-*")]):
+        label_file, model = d / "experiment.txt", d / "model"
+        if not ((d / "DONE").exists() and label_file.is_file() and (model / "config.json").is_file()):
+            continue
+        name = label_file.read_text(encoding="utf-8").strip() or d.name
+        if name in found:  # two runs with one label (e.g. RL reruns with other settings): name the later by its dir
+            log.warning("%s: %s and %s are both labelled %r; the second is %r", root, found[name].parent.name,
+                        d.name, name, f"{name} ({d.name})")
+            name = f"{name} ({d.name})"
+        found[name] = model
+    return found
+
+
+def parse_models(specs: list[str], field_name: str) -> dict[str, str]:
+    """``["name=path", ...]`` → ``{name: path}``; a bad entry is a ValueError naming ``field_name``."""
+    out: dict[str, str] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise ValueError(f"{field_name}: expected NAME=PATH, got {spec!r}")
+        if name.strip() in out:
+            raise ValueError(f"{field_name}: {name.strip()!r} is listed twice")
+        out[name.strip()] = path.strip()
+    return out
+
+
+@dataclass
+class ControlsStudyConfig:
+    """Sweep test-time controls over every student of a quickstart run (``tracewise study controls``)."""
+
+    out: str = doc("Directory for the eval run dirs, summary.json, the plot and controls_section.json.",
+                   "runs/study-controls", hash=False)
+    run_dir: str = doc("Quickstart run dir whose finished students (sft-*, rl-*) are evaluated.", "runs/quickstart")
+    students: list[str] = doc("Only these students (experiment labels; default: all found).", factory=list)
+    models: list[str] = doc("Extra or replacement students as NAME=MODEL_PATH (used instead of run_dir when "
+                            "run_dir is empty).", factory=list)
+    controls: list[str] = doc(f"Controls to sweep: any of {', '.join(STUDY_CONTROLS)}.",
+                              factory=lambda: list(STUDY_CONTROLS))
+    budgets: list[int] = doc("Budgets for budget_force (thinking tokens) and truncate (total tokens).",
+                             factory=lambda: [16, 32, 64, 128])
+    min_thinking: list[int] = doc("wait_extend: minimum thinking tokens swept.", factory=lambda: [32, 64, 128])
+    max_waits: int = doc("wait_extend: most 'Wait' insertions per sample.", 2)
+    answer_tokens: int = doc("budget_force: answer tokens after the forced end of thinking.", 32)
+    final_prompt: str = doc("budget_force: text after the forced </think>. s1 uses 'Final Answer:'; the embedded "
+                            "students were trained to answer in \\boxed{}, so the default opens one.",
+                            "So the answer is \\boxed{")
+    include_trained: bool = doc("Also evaluate each student without a control (its trained point).", True)
+    problems: ProblemsConfig = doc("Held-out problems (default: the quickstart world's test split).",
+                                   factory=quickstart_test_problems)
+    sampling: SamplingParams = doc("Samples per problem, temperature, max tokens (uncontrolled, think_free and "
+                                   "wait_extend), seed.",
+                                   factory=lambda: SamplingParams(n=4, temperature=0.6, max_tokens=256, seed=0))
+    batch_size: int = doc("Generation batch size.", 256, hash=False)
+    threads: int = doc("torch CPU threads (0 = torch default).", 0, hash=False)
+
+    def validate(self) -> None:
+        unknown = [c for c in self.controls if c not in STUDY_CONTROLS]
+        if unknown or not self.controls:
+            raise ValueError(f"study.controls.controls: unknown or empty {unknown or self.controls}; "
+                             f"valid: {', '.join(STUDY_CONTROLS)} (of {', '.join(CONTROLS)})")
+        parse_models(self.models, "study.controls.models")
+        if not self.run_dir and not self.models:
+            raise ValueError("study.controls: set run_dir (a quickstart run) or models (NAME=PATH)")
+        for control in self.control_configs():  # every eval config is checked before the first one runs
+            self.eval_config("check", "model", control).validate()
+
+    def control_configs(self) -> list[ControlConfig]:
+        out = [ControlConfig()] if self.include_trained else []
+        for name in self.controls:
+            if name in ("budget_force", "truncate"):
+                out.append(ControlConfig(name=name, budgets=list(self.budgets), answer_tokens=self.answer_tokens,
+                                         final_prompt=self.final_prompt))
+            elif name == "wait_extend":
+                out.append(ControlConfig(name=name, budgets=list(self.min_thinking), max_waits=self.max_waits))
+            else:
+                out.append(ControlConfig(name=name))
+        return out
+
+    def eval_config(self, student: str, model: str, control: ControlConfig) -> evaluate.EvalConfig:
+        return evaluate.EvalConfig(out=self.out, experiment=student, model=model, problems=self.problems,
+                                   sampling=self.sampling, control=control, batch_size=self.batch_size,
+                                   threads=self.threads)
+
+    def student_models(self) -> dict[str, str]:
+        found = {k: str(v) for k, v in discover_students(self.run_dir).items()} if self.run_dir else {}
+        found.update(parse_models(self.models, "study.controls.models"))
+        if self.students:
+            missing = sorted(set(self.students) - set(found))
+            if missing:
+                raise ValueError(f"study.controls.students: {missing} not found; students: {sorted(found)}")
+            found = {k: found[k] for k in self.students}
+        if not found:
+            raise ValueError(f"study.controls: no finished students under {self.run_dir!r}")
+        return found
+
+
+def run(cfg: ControlsStudyConfig) -> Path:
+    """Run every (student, control) eval, then write summary.json and the section; returns the section path."""
+    cfg.validate()
+    students = cfg.student_models()
+    out = Path(cfg.out)
+    rows: list[dict] = []
+    timings: dict[str, float] = {}
+    for student, model in students.items():
+        for control in cfg.control_configs():
+            t0 = time.time()
+            run_dir = evaluate.run(cfg.eval_config(student, model, control))
+            timings[f"{student}/{control.name}"] = round(time.time() - t0, 1)
+            rows.extend(read_summary(run_dir / "summary.json"))
+    write_summary(out / "summary.json", rows)
+    section = write_controls_section(rows, out)
+    log.info("study controls: %d rows for %d students; section %s; eval times (s) %s", len(rows), len(students),
+             section, timings)
+    return section

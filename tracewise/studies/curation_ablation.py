@@ -1,0 +1,197 @@
+"""``tracewise study curation``: random vs s1 vs LIMO vs difficulty-adaptive curation at equal size.
+
+Both teachers' traces are generated, verified and filtered once; each strategy then picks the same
+number of (problem, trace) pairs (``curate.strategy``, ``curate.target_size``) and one student per
+strategy is trained with the same steps and evaluated on the same held-out problems. Accuracy is
+reported next to the tokens it costs (the picked traces' length and the student's own output).
+
+s1 and the adaptive mix need difficulty: a *reference student* (the base student fine-tuned briefly
+on concise traces of a separate world seed, so it has not seen the pool) is sampled on the training
+pool and its per-problem accuracy is handed to curate (``selection.reference``), as s1 used models
+that had not trained on its pool. ``reference_steps=0`` falls back to problem levels.
+
+Outputs under ``<out>/<name>/``: ``curation.json``, ``curation.png``, ``curation_section.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from tracewise import curate, verify_stage
+from tracewise.backends.base import SamplingParams
+from tracewise.config import doc
+from tracewise.curation_strategies import STRATEGIES, SelectionConfig
+from tracewise.decontam import DecontamConfig
+from tracewise.problem_sources import ProblemsConfig
+from tracewise.report import write_section_file
+from tracewise.studies.curation_common import (StudyEval, StudyTrain, base_student, eval_students, generate_world,
+                                               plot_bars, train_students)
+from tracewise.world.judge import JudgeConfig
+from tracewise.world.problems import WorldConfig
+from tracewise.world.student import StudentConfig
+from tracewise.world.teachers import TeacherConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CurationStudyConfig:
+    """Curation-strategy ablation (``tracewise study curation``)."""
+
+    out: str = doc("Root of the stage run dirs (shared with other studies, so finished stages are reused).",
+                   "runs/studies")
+    name: str = doc("Sub-directory of out for this study's tables, plot and section.", "curation")
+    world: WorldConfig = doc("Embedded world (train pool and test split).",
+                             factory=lambda: WorldConfig(n_train=1500, n_test=100))
+    student: StudentConfig = doc("Tiny student architecture (ignored when base_model is given).",
+                                 factory=StudentConfig)
+    pretrain_steps: int = doc("Base pretraining steps of the embedded student.", 300)
+    base_model: str = doc("A real base model to fine-tune instead of the embedded student.", "")
+    teachers: list[TeacherConfig] = doc("Embedded teachers (a verbose and a concise one for adaptive).",
+                                        factory=lambda: [TeacherConfig(style="r1"), TeacherConfig(style="gpt-oss")])
+    judge: JudgeConfig = doc("Judge error rates of the verify stage.", factory=JudgeConfig)
+    filter: str = doc("Correctness filter before the strategies.", "both")
+    decontam: DecontamConfig = doc("Decontamination/dedup before the filter.", factory=DecontamConfig)
+    strategies: list[str] = doc("Strategies compared: random, s1, limo, adaptive.",
+                                factory=lambda: ["random", "s1", "limo", "adaptive"])
+    target_size: int = doc("Problems every strategy keeps (equal dataset size).", 400)
+    selection: SelectionConfig = doc("Strategy settings (the study fills selection.reference).",
+                                     factory=SelectionConfig)
+    reference_steps: int = doc("Fine-tuning steps of the reference student (0 = difficulty from levels).", 150)
+    reference_samples: int = doc("Reference student's samples per pool problem.", 1)
+    reference_max_tokens: int = doc("Max new tokens of the reference student's samples (it writes concise traces).",
+                                    150)
+    reference_world: WorldConfig = doc("World whose concise traces train the reference student (another seed: "
+                                       "it never sees the pool).",
+                                       factory=lambda: WorldConfig(seed=1000, n_train=600, n_test=0))
+    train: StudyTrain = doc("Training shared by every student.", factory=lambda: StudyTrain(max_steps=300))
+    eval: StudyEval = doc("Evaluation shared by every student.", factory=StudyEval)
+    parallel: int = doc("Students trained at once (1 torch thread each).", 2)
+    seed: int = doc("Seed for generation, training and sampling.", 0)
+
+    def validate(self) -> None:
+        bad = [s for s in self.strategies if s not in STRATEGIES or s == "all"]
+        if bad:
+            raise ValueError(f"curation.strategies: unknown strategy {bad}; valid: "
+                             f"{[s for s in STRATEGIES if s != 'all']}")
+        if not self.strategies or len(set(self.strategies)) != len(self.strategies):
+            raise ValueError(f"curation.strategies: give distinct strategies, got {self.strategies}")
+        if self.target_size < 1:
+            raise ValueError(f"curation.target_size must be >= 1, got {self.target_size}")
+        if self.target_size > self.world.n_train:  # the exact pool is checked by curate, before any training
+            raise ValueError(f"curation.target_size={self.target_size} is larger than the pool "
+                             f"(world.n_train={self.world.n_train})")
+        if self.filter not in curate.FILTERS:
+            raise ValueError(f"curation.filter: unknown filter {self.filter!r}; valid: {sorted(curate.FILTERS)}")
+        if len({t.style for t in self.teachers}) != len(self.teachers) or not self.teachers:
+            raise ValueError("curation.teachers: give teachers with distinct styles")
+        if self.reference_steps < 0 or self.reference_samples < 1 or self.reference_max_tokens < 1 or self.parallel < 1:
+            raise ValueError("curation: reference_steps >= 0, reference_samples >= 1, reference_max_tokens >= 1 "
+                             "and parallel >= 1 required")
+        for part in (self.world, self.judge, self.decontam, self.selection, self.train, self.eval, *self.teachers):
+            part.validate()
+
+
+def reference_run(cfg: CurationStudyConfig, base: str) -> str:
+    """Train the reference student on a separate world and sample it on the pool; returns its eval dir."""
+    from tracewise import evaluate
+
+    concise = next((t for t in cfg.teachers if t.style == "gpt-oss"), cfg.teachers[-1])
+    gen = generate_world(cfg.out, base, replace(concise, error_rate=[0.0]), cfg.reference_world, cfg.seed)
+    ver = verify_stage.run(verify_stage.VerifyConfig(out=cfg.out, generations=[gen], methods=["math_verify"]))
+    cur = curate.run(curate.CurateConfig(out=cfg.out, generations=[gen], verdicts=str(ver), filter="math_verify",
+                                         mix=False, decontam=DecontamConfig(enabled=False, dedup=False)))
+    ds = str(curate.dataset_path(cur, json.loads((cur / "table.json").read_text())["teachers"][0]))
+    model = train_students(cfg.out, base, {"reference": ds}, replace(cfg.train, max_steps=cfg.reference_steps),
+                           cfg.seed, 1)["reference"]
+    from tracewise.train import sft
+
+    pool = ProblemsConfig(source="world", split="train", world=cfg.world)
+    sampling = SamplingParams(n=cfg.reference_samples, temperature=cfg.eval.temperature,
+                              max_tokens=cfg.reference_max_tokens, seed=cfg.seed)
+    return str(evaluate.run(evaluate.EvalConfig(out=cfg.out, experiment="reference", model=str(sft.model_dir(model)),
+                                                problems=pool, sampling=sampling, threads=2, n_boot=10)))
+
+
+def run(cfg: CurationStudyConfig) -> Path:
+    """Run the ablation; returns the section JSON path."""
+    cfg.validate()
+    t_start, timings = time.time(), {}
+
+    def lap(name: str) -> None:
+        timings[name] = round(time.time() - t_start - sum(timings.values()), 1)
+
+    base = base_student(cfg.out, cfg.student, cfg.pretrain_steps, cfg.base_model)
+    gens = [generate_world(cfg.out, base, t, cfg.world, cfg.seed) for t in cfg.teachers]
+    ver = verify_stage.run(verify_stage.VerifyConfig(out=cfg.out, generations=gens, judge_cfg=cfg.judge))
+    lap("base+generate+verify")
+    selection = cfg.selection
+    if cfg.reference_steps > 0 and any(s in ("s1", "adaptive") for s in cfg.strategies):
+        selection = replace(selection, reference=reference_run(cfg, base))
+    lap("reference")
+    datasets, infos = {}, {}
+    for s in cfg.strategies:  # every curate runs (and may refuse the target size) before any student trains
+        cur = curate.run(curate.CurateConfig(out=cfg.out, generations=gens, verdicts=str(ver), filter=cfg.filter,
+                                             mix=False, decontam=cfg.decontam, strategy=s,
+                                             target_size=cfg.target_size, selection=selection))
+        datasets[s] = str(curate.dataset_path(cur, "selected"))
+        infos[s] = json.loads((cur / "table.json").read_text())["strategy"]
+    lap("curate")
+    models = train_students(cfg.out, base, datasets, cfg.train, cfg.seed, cfg.parallel)
+    lap("train")
+    test = ProblemsConfig(source="world", split="test", world=cfg.world)
+    rows = eval_students(cfg.out, models, test, cfg.eval, cfg.seed)
+    lap("eval")
+    results = [{"strategy": s, "selected": infos[s]["selected"], "pool": infos[s]["pool"],
+                "teachers": infos[s]["teachers"], "levels": infos[s]["levels"],
+                "train_tokens": infos[s]["mean_tokens"], "pass@1": rows[s]["pass@1"], "pass@8": rows[s]["pass@8"],
+                "mean_tokens": rows[s]["mean_tokens"], "ci95_pass@1": rows[s]["ci95"].get("pass@1")}
+               for s in cfg.strategies]
+    return write_outputs(Path(cfg.out) / cfg.name, results, timings, selection.reference != "")
+
+
+def reading(results: list[dict]) -> str:
+    """One line computed from the numbers: best strategy, its cost, and how it compares with random."""
+    best = max(results, key=lambda r: (r["pass@1"], -r["mean_tokens"]))
+    cheap = min(results, key=lambda r: (r["mean_tokens"], -r["pass@1"]))
+    line = (f"{best['strategy']} gives the best student pass@1 ({best['pass@1']:.3f}, pass@8 {best['pass@8']:.3f}) "
+            f"at {best['mean_tokens']:.0f} tokens per answer; {cheap['strategy']} is cheapest "
+            f"({cheap['mean_tokens']:.0f} tokens, pass@1 {cheap['pass@1']:.3f})")
+    rnd = next((r for r in results if r["strategy"] == "random"), None)
+    if rnd is not None and best is not rnd:
+        ratio = best["mean_tokens"] / rnd["mean_tokens"] if rnd["mean_tokens"] else float("nan")
+        line += (f"; vs random: {100 * (best['pass@1'] - rnd['pass@1']):+.1f} points pass@1 at {ratio:.2f}x "
+                 "random's tokens")
+    return line + "."
+
+
+def render(results: list[dict]) -> str:
+    lines = ["| strategy | problems | traces from | levels | train trace tokens | pass@1 | pass@8 "
+             "| student mean tokens | pass@1 per 1k tokens |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        teachers = ", ".join(f"{t} {n}" for t, n in r["teachers"].items())
+        levels = ", ".join(f"L{k} {v}" for k, v in r["levels"].items())
+        per_k = 1000 * r["pass@1"] / r["mean_tokens"] if r["mean_tokens"] else 0.0
+        lines.append(f"| {r['strategy']} | {r['selected']} of {r['pool']} | {teachers} | {levels} "
+                     f"| {r['train_tokens']:.1f} | {r['pass@1']:.3f} | {r['pass@8']:.3f} | {r['mean_tokens']:.1f} "
+                     f"| {per_k:.2f} |")
+    return "\n".join(lines)
+
+
+def write_outputs(out: Path, results: list[dict], timings: dict[str, float], reference: bool) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "curation.json").write_text(json.dumps({"results": results, "timings_s": timings}, indent=1))
+    png = plot_bars(out / "curation.png", [r["strategy"] for r in results],
+                    {"pass@1": [r["pass@1"] for r in results], "pass@8": [r["pass@8"] for r in results]},
+                    [r["mean_tokens"] for r in results], "Curation strategies at equal dataset size")
+    diff = "a reference student's accuracy on the pool" if reference else "problem levels (no reference student)"
+    md = (f"**Reading:** {reading(results)}\n\n{render(results)}\n\n"
+          f"Same pool (after decontamination, dedup and the correctness filter), same size, steps and test problems "
+          f"for every student; s1/adaptive difficulty from {diff}. Wall time: {sum(timings.values()):.0f} s "
+          f"({', '.join(f'{k} {v:.0f} s' for k, v in timings.items())}).")
+    log.info("curation: %s", reading(results))
+    return write_section_file(out / "curation_section.json", "Curation strategies at equal dataset size", md, [png])

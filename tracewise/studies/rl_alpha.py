@@ -1,0 +1,249 @@
+"""Study ``rl-alpha``: the Arora–Zanette length-penalty sweep on the quickstart's R1-style student.
+
+One ``train rl`` run per α (the ``alpha`` of the ``arora_zanette`` reward; α = 0 is plain
+correctness, the RL baseline), each from the same SFT student, then ``eval`` of every policy (and
+of the SFT start) on the held-out problems. Writes the "RL length penalty" report section: mean
+tokens and pass@1/pass@8 per α, a plot, and a reading computed from the numbers — does some α give
+≥ ``target_token_cut`` fewer tokens than α = 0 with pass@1 within ``max_pass1_drop`` points? Every
+run is an ordinary stage in the store, so a rerun is a no-op and an interrupted sweep resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from tracewise.backends.base import SamplingParams
+from tracewise.config import build, doc
+from tracewise.problem_sources import ProblemsConfig
+from tracewise.world.problems import WorldConfig
+
+log = logging.getLogger(__name__)
+TITLE = "RL length penalty"
+
+
+def _quickstart_world() -> WorldConfig:
+    return WorldConfig(n_train=4000, n_test=100)  # tracewise.quickstart's world
+
+
+def _rl_defaults() -> dict:
+    return {"problems": {"source": "world", "split": "train", "world": {"n_train": 4000, "n_test": 100}},
+            "rewards": [{"name": "arora_zanette", "alpha": 0.0}]}
+
+
+@dataclass
+class RLAlphaConfig:
+    """Sweep the Arora–Zanette α on one SFT student (``tracewise study rl-alpha``)."""
+
+    out: str = doc("Where the RL and eval run dirs go (default: the quickstart dir beside the student).", "", hash=False)
+    quickstart: str = doc("A quickstart run dir; its SFT student named `student` is the starting policy.",
+                          "runs/quickstart")
+    student: str = doc("Experiment label of the SFT student to start from (quickstart: r1, gpt-oss, mix).", "r1")
+    model: str = doc("An SFT model dir to start from instead of looking it up in `quickstart`.", "")
+    alphas: list[float] = doc("α values; 0 must be among them (the reference).", factory=lambda: [0.0, 0.05, 0.1, 0.2, 0.4])
+    rl: dict = doc("train rl settings (any RLRunConfig key but out/model/experiment); the alpha of its "
+                   "arora_zanette reward spec is set per run.", factory=_rl_defaults)
+    eval_problems: ProblemsConfig = doc("Held-out problems (default: the quickstart world's test split).",
+                                        factory=lambda: ProblemsConfig(split="test", world=_quickstart_world()))
+    eval_sampling: SamplingParams = doc("Eval sampling (default: the quickstart's, 8 samples at T=0.6, 400 tokens).",
+                                        factory=lambda: SamplingParams(n=8, temperature=0.6, max_tokens=400, seed=0))
+    target_token_cut: float = doc("Token saving the reading tests for, as a fraction of α=0's tokens.", 0.30)
+    max_pass1_drop: float = doc("Largest pass@1 loss vs α=0 (points) the reading accepts.", 2.0)
+    section: str = doc("Section JSON path (default <out>/sections/rl_length_penalty.json).", "", hash=False)
+    threads: int = doc("torch CPU threads for training and eval (0 = torch default).", 0, hash=False)
+
+    def validate(self) -> None:
+        if not self.alphas or 0.0 not in [float(a) for a in self.alphas]:
+            raise ValueError(f"study.rl_alpha.alphas must include 0 (the reference run), got {self.alphas}")
+        if len(set(self.alphas)) != len(self.alphas):
+            raise ValueError(f"study.rl_alpha.alphas has duplicates: {self.alphas}")
+        for key in ("out", "model", "experiment"):
+            if key in self.rl:
+                raise ValueError(f"study.rl_alpha.rl.{key} is set by the study; use the study's own keys")
+        specs = self.rl.get("rewards", _rl_defaults()["rewards"])
+        if not isinstance(specs, list) or sum(isinstance(s, dict) and s.get("name") == "arora_zanette"
+                                              for s in specs) != 1:
+            raise ValueError("study.rl_alpha.rl.rewards must hold exactly one arora_zanette spec (its alpha is swept)")
+        if not 0 < self.target_token_cut < 1 or self.max_pass1_drop < 0:
+            raise ValueError("study.rl_alpha: target_token_cut must be in (0, 1) and max_pass1_drop >= 0")
+        self.eval_problems.validate()
+        for alpha in self.alphas:  # every run's config is checked before the first one trains
+            self.rl_config(alpha, self.model or "gpt2")
+
+    def start_model(self) -> str:
+        """The SFT student's model dir: ``model``, or the one quickstart run labelled ``student``."""
+        if self.model:
+            return self.model
+        root = Path(self.quickstart)
+        found = sorted(d for d in root.glob("sft-*") if (d / "DONE").exists() and (d / "experiment.txt").is_file()
+                       and (d / "experiment.txt").read_text().strip() == self.student)
+        if len(found) != 1:
+            where = [d.name for d in found] or "none"
+            raise ValueError(f"study.rl_alpha: expected one finished SFT run labelled {self.student!r} in {root} "
+                             f"(found: {where}); run `tracewise quickstart --out {root}` or set model=")
+        return str(found[0] / "model")
+
+    def out_dir(self) -> str:
+        return self.out or (str(Path(self.model).parent.parent) if self.model else self.quickstart)
+
+    def rl_config(self, alpha: float, model: str):
+        from tracewise.train.rl import RLRunConfig
+
+        settings = json.loads(json.dumps(self.rl))  # deep copy
+        specs = settings.setdefault("rewards", _rl_defaults()["rewards"])
+        for spec in specs:
+            if spec.get("name") == "arora_zanette":
+                spec["alpha"] = float(alpha)
+        settings.setdefault("threads", self.threads)
+        return build(RLRunConfig, {**settings, "out": self.out_dir(), "model": model,
+                                   "experiment": f"{self.student}-rl-a{alpha:g}"}, "study.rl_alpha.rl")
+
+
+def _evaluate(cfg: RLAlphaConfig, label: str, model: str) -> dict:
+    from tracewise import evaluate
+
+    run_dir = evaluate.run(evaluate.EvalConfig(out=cfg.out_dir(), experiment=label, model=model,
+                                               problems=cfg.eval_problems, sampling=cfg.eval_sampling,
+                                               threads=cfg.threads))
+    row = json.loads((run_dir / "summary.json").read_text())["rows"][0]
+    return {**row, **_group_mix(run_dir / "samples.jsonl")}
+
+
+def _group_mix(samples_path: Path) -> dict:
+    """Share of problems with all samples correct / at least two correct. Only groups with >= 2 correct
+    samples carry a length signal; in mixed groups it is added to the much larger correct-vs-wrong gap,
+    and only in all-correct groups (zero correctness variance) is it the whole advantage."""
+    from tracewise.records import Sample, read_records
+
+    per: dict[str, list[bool]] = {}
+    for s in read_records(samples_path, Sample):
+        per.setdefault(s.problem_id, []).append(bool(s.correct))
+    n = max(1, len(per))
+    return {"all_correct_frac": sum(all(v) for v in per.values()) / n,
+            "two_plus_correct_frac": sum(sum(v) >= 2 for v in per.values()) / n}
+
+
+def _train_stats(run_dir: Path) -> dict:
+    done = json.loads((run_dir / "DONE").read_text())
+    history = json.loads((run_dir / "log_history.json").read_text())
+    kls = [h["kl"] for h in history if isinstance(h.get("kl"), (int, float))]
+    return {"steps": done.get("steps"), "train_len_first": done.get("first_mean_length"),
+            "train_len_last": done.get("last_mean_length"), "reward_first": done.get("first_reward"),
+            "reward_last": done.get("last_reward"), "kl_last": kls[-1] if kls else None}
+
+
+def run(cfg: RLAlphaConfig) -> Path:
+    """Train and evaluate every α (each a no-op when already done); write the section; return its path."""
+    from tracewise.train import rl
+
+    cfg.validate()
+    model = cfg.start_model()
+    if not Path(model).exists():
+        raise ValueError(f"study.rl_alpha: starting model {model} not found")
+    rl_cfgs = {a: cfg.rl_config(a, model) for a in cfg.alphas}  # all validated before anything trains
+    rows = [{"alpha": None, "label": f"{cfg.student} (SFT, no RL)", **_evaluate(cfg, cfg.student, model)}]
+    for alpha, rl_cfg in rl_cfgs.items():
+        run_dir = rl.run(rl_cfg)
+        row = _evaluate(cfg, rl_cfg.experiment, str(rl.model_dir(run_dir)))
+        rows.append({"alpha": float(alpha), "label": f"α = {alpha:g}", "rl_dir": str(run_dir), **row,
+                     **_train_stats(run_dir)})
+        log.info("rl-alpha: α=%g pass@1 %.3f mean tokens %.1f", alpha, row["pass@1"], row["mean_tokens"])
+    rows[1:] = sorted(rows[1:], key=lambda r: r["alpha"])  # the run order may put informative α first
+    section = Path(cfg.section or Path(cfg.out_dir()) / "sections" / "rl_length_penalty.json")
+    write_section(cfg, rows, section)
+    return section
+
+
+def reading(rows: list[dict], token_cut: float = 0.30, max_drop: float = 2.0) -> str:
+    """One line, computed from the numbers: does some α cut tokens by ``token_cut`` at ≤ ``max_drop`` points?"""
+    ref = next(r for r in rows if r["alpha"] == 0.0)
+    hits, best = [], None
+    for r in rows:
+        if not r["alpha"]:
+            continue
+        cut = 1 - r["mean_tokens"] / ref["mean_tokens"]
+        drop = 100 * (ref["pass@1"] - r["pass@1"])
+        if best is None or cut > best[1]:
+            best = (r["alpha"], cut, drop)
+        if cut >= token_cut - 1e-9 and drop <= max_drop + 1e-9:  # 0.40 - 0.37 is 3.0000000000000027 points
+            hits.append((r["alpha"], cut, drop))
+    if hits:
+        a, cut, drop = max(hits, key=lambda h: h[1])
+        return (f"**Holds:** α = {a:g} uses {cut:.0%} fewer tokens than α = 0 ({ref['mean_tokens']:.0f} tokens) with "
+                f"pass@1 {-drop:+.1f} points (target: ≥{token_cut:.0%} fewer, within {max_drop:g} points).")
+    if best is None:
+        return "Only α = 0 was run: nothing to compare."
+    a, cut, drop = best
+    return (f"**Does not hold:** no α gives ≥{token_cut:.0%} fewer tokens than α = 0 ({ref['mean_tokens']:.0f} tokens) "
+            f"with pass@1 within {max_drop:g} points; the largest cut is {cut:.0%} at α = {a:g} "
+            f"(pass@1 {-drop:+.1f} points).")
+
+
+def _signal_note(rows: list[dict]) -> str:
+    """Where the length penalty can act, from the SFT start's held-out samples (computed, not fixed text)."""
+    start = rows[0]
+    ref = next(r for r in rows if r["alpha"] == 0.0)
+    return (f"Length signal available: the starting student solves {start['all_correct_frac']:.0%} of held-out "
+            f"problems in all {start['n_samples'] // max(1, start['n'])} samples (groups where the penalty is the whole "
+            f"advantage) and {start['two_plus_correct_frac']:.0%} in ≥ 2 (where it is added to the correct-vs-wrong "
+            f"gap); RL on correctness alone (α = 0) moved tokens {ref['mean_tokens'] / start['mean_tokens'] - 1:+.0%} "
+            f"and pass@1 {100 * (ref['pass@1'] - start['pass@1']):+.1f} points from the SFT start.")
+
+
+def _fmt(v, spec: str) -> str:
+    return "–" if v is None else format(v, spec)
+
+
+def write_section(cfg: RLAlphaConfig, rows: list[dict], path: Path) -> Path:
+    """Table + plot + reading as a report section file (``tracewise report section_files=[...]``)."""
+    from tracewise.report import write_section_file
+
+    ref = next(r for r in rows if r["alpha"] == 0.0)
+    lines = [f"Arora–Zanette reward r = 1[correct]·(1 − α·σ(z(length))) with `train rl` "
+             f"({rows[1].get('steps')} steps each) from the {cfg.student} SFT student; eval: "
+             f"{cfg.eval_sampling.n} samples/problem at T = {cfg.eval_sampling.temperature:g}, "
+             f"{ref['n']} held-out problems. Tokens are student-tokenizer tokens per sample.", "",
+             "| policy | mean tokens | Δ tokens vs α=0 | pass@1 | pass@1 95% CI | pass@8 | train length first→last | KL (last) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        ci = r.get("ci95", {}).get("pass@1", [None, None])
+        delta = "–" if r["alpha"] is None else f"{r['mean_tokens'] / ref['mean_tokens'] - 1:+.0%}"
+        train = ("–" if r.get("train_len_first") is None
+                 else f"{r['train_len_first']:.0f} → {r['train_len_last']:.0f}")
+        lines.append(f"| {r['label']} | {r['mean_tokens']:.1f} | {delta} | {r['pass@1']:.3f} | "
+                     f"[{_fmt(ci[0], '.3f')}, {_fmt(ci[1], '.3f')}] | {r['pass@8']:.3f} | {train} | "
+                     f"{_fmt(r.get('kl_last'), '.4f')} |")
+    lines += ["", reading(rows, cfg.target_token_cut, cfg.max_pass1_drop), "", _signal_note(rows)]
+    image = path.with_suffix(".png")
+    _plot(rows, image)
+    (path.with_name(path.stem + "_rows.json")).write_text(json.dumps(rows, indent=1, default=str))
+    return write_section_file(path, TITLE, "\n".join(lines), [image])
+
+
+def _plot(rows: list[dict], image: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    image.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    rl_rows = [r for r in rows if r["alpha"] is not None]
+    for key, marker in (("pass@1", "o"), ("pass@8", "s")):
+        ax.plot([r["mean_tokens"] for r in rl_rows], [r[key] for r in rl_rows], marker=marker, label=f"RL {key}")
+        for r in rl_rows:
+            ax.annotate(f"α={r['alpha']:g}", (r["mean_tokens"], r[key]), textcoords="offset points", xytext=(4, 4),
+                        fontsize=8)
+    sft = [r for r in rows if r["alpha"] is None]
+    for r in sft:
+        ax.scatter([r["mean_tokens"]] * 2, [r["pass@1"], r["pass@8"]], marker="x", color="black", label="SFT start")
+    ax.set_xlabel("mean generated tokens per sample")
+    ax.set_ylabel("accuracy")
+    ax.set_title("Length penalty α: accuracy vs tokens")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(image, dpi=120)
+    plt.close(fig)
