@@ -52,7 +52,9 @@ def count_tokens(student: Path, ds_path: Path) -> int:
 
     tok = AutoTokenizer.from_pretrained(student)
     ds = load_from_disk(str(ds_path))
-    return sum(len(tok.apply_chat_template(r["prompt"] + r["completion"], tokenize=True)) for r in ds)
+    # return_dict=True: transformers 5 returns a BatchEncoding, whose len() is its number of keys
+    return sum(len(tok.apply_chat_template(r["prompt"] + r["completion"], tokenize=True, return_dict=True)["input_ids"])
+               for r in ds)
 
 
 def time_trl(student: Path, ds_path: Path, steps: int, batch: int, fp32: bool) -> float:
