@@ -51,3 +51,16 @@ def student_tokenizer(student_path: str):
     from tracewise.tokens import load_tokenizer
 
     return load_tokenizer(student_path)
+
+
+def save_pens_dataset(path: Path, repeats: int) -> str:
+    """A tiny prompt/completion SFT dataset ("Ann has a pens" -> "<think>a+0=a.</think>Answer: a") on disk."""
+    from datasets import Dataset
+
+    rows = [
+        {"prompt": [{"role": "user", "content": f"Ann has {a} pens. How many pens now?"}],
+         "completion": [{"role": "assistant", "content": f"<think>{a}+0={a}.</think>Answer: {a}"}]}
+        for a in range(1, 10)
+    ] * repeats
+    Dataset.from_list(rows).save_to_disk(str(path))
+    return str(path)

@@ -192,8 +192,17 @@ def _fill_placeholders(value: str, tmp: Path) -> str:
 
 
 @pytest.mark.parametrize("path", SHIPPED)
-def test_shipped_config_loads_with_its_documented_command(path: str, tmp_path: Path) -> None:
+def test_shipped_config_loads_with_its_documented_command(path: str, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib
+
+    # Run from a scratch checkout, not wherever pytest was started: the repo's configs plus an (empty)
+    # runs/quickstart, the state the study configs document as their precondition ("after
+    # `tracewise quickstart`"). A fresh clone has no runs/, so this must not depend on the caller's cwd.
+    work = tmp_path / "checkout"
+    (work / "runs" / "quickstart").mkdir(parents=True)
+    (work / "configs").symlink_to(REPO / "configs")
+    monkeypatch.chdir(work)
 
     from tracewise.cli import STAGES
 

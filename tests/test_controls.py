@@ -185,16 +185,22 @@ def test_budget_force_continues_an_answer_the_budget_cut(tok, mixed):
         assert c.n_tokens - c.meta["n_thinking_tokens"] <= 30 + (c.finish_reason == "stop")
 
 
-def test_budget_sweep_equals_separate_runs_and_generates_phase1_once(tok, mixed, monkeypatch):
-    budgets = [20, 3, 8]
+def _record_sampling(backend, monkeypatch) -> list[SamplingParams]:
+    """Wrap ``backend.generate`` so each call's sampling params are recorded (in the returned list)."""
     calls: list[SamplingParams] = []
-    real = mixed.generate
+    real = backend.generate
 
     def spy(reqs, sampling, progress=None):
         calls.append(sampling)
         return real(reqs, sampling, progress)
 
-    monkeypatch.setattr(mixed, "generate", spy)
+    monkeypatch.setattr(backend, "generate", spy)
+    return calls
+
+
+def test_budget_sweep_equals_separate_runs_and_generates_phase1_once(tok, mixed, monkeypatch):
+    budgets = [20, 3, 8]
+    calls = _record_sampling(mixed, monkeypatch)
     swept = budget_sweep(mixed, requests(), SAMPLING, budgets)
     first_phase = [s for s in calls if s.seed == SAMPLING.seed]
     assert [s.max_tokens for s in first_phase] == [20]  # one phase-1 generation, at the largest budget
@@ -210,14 +216,7 @@ def test_budget_sweep_equals_separate_runs_and_generates_phase1_once(tok, mixed,
 
 
 def test_truncate_and_wait_sweeps_equal_separate_runs(tok, early, mixed, monkeypatch):
-    calls: list[SamplingParams] = []
-    real = mixed.generate
-
-    def spy(reqs, sampling, progress=None):
-        calls.append(sampling)
-        return real(reqs, sampling, progress)
-
-    monkeypatch.setattr(mixed, "generate", spy)
+    calls = _record_sampling(mixed, monkeypatch)
     swept = control_sweep(ControlConfig(name="truncate", budgets=[12, 4]), mixed, requests(), SAMPLING)
     assert [s.max_tokens for s in calls] == [12]  # one generation, cut for the smaller budget
     for budget in (4, 12):

@@ -9,20 +9,12 @@ import pytest
 import torch
 
 from tracewise.train.sft import SFTRunConfig, model_dir, run
+from conftest import save_pens_dataset
 
 
 @pytest.fixture(scope="module")
 def tiny_dataset(tmp_path_factory, student_path):
-    from datasets import Dataset
-
-    rows = [
-        {"prompt": [{"role": "user", "content": f"Ann has {a} pens. How many pens now?"}],
-         "completion": [{"role": "assistant", "content": f"<think>{a}+0={a}.</think>Answer: {a}"}]}
-        for a in range(1, 10)
-    ] * 8
-    path = tmp_path_factory.mktemp("ds") / "ds"
-    Dataset.from_list(rows).save_to_disk(str(path))
-    return str(path)
+    return save_pens_dataset(tmp_path_factory.mktemp("ds") / "ds", repeats=8)
 
 
 def _cfg(out, student_path, dataset, **kw):

@@ -11,22 +11,14 @@ import torch
 
 from tracewise.config import build
 from tracewise.train.sft import LoRASpec, SFTRunConfig, adapter_dir, grad_accum_for, model_dir, run
+from conftest import save_pens_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory, student_path):
-    from datasets import Dataset
-
-    rows = [
-        {"prompt": [{"role": "user", "content": f"Ann has {a} pens. How many pens now?"}],
-         "completion": [{"role": "assistant", "content": f"<think>{a}+0={a}.</think>Answer: {a}"}]}
-        for a in range(1, 10)
-    ] * 4
-    path = tmp_path_factory.mktemp("ds") / "ds"
-    Dataset.from_list(rows).save_to_disk(str(path))
-    return str(path)
+    return save_pens_dataset(tmp_path_factory.mktemp("ds") / "ds", repeats=4)
 
 
 @pytest.fixture(scope="module")

@@ -360,28 +360,30 @@ def _table_html(rows: list[str], base: Path) -> str:
     return "".join(parts) + "</tbody></table>"
 
 
-def _level_data(rows: list[dict], sample_paths: list[str]) -> dict[str, dict[str, dict]]:
+def _group_samples(sample_paths: list[str]) -> dict[tuple[str, str], list[Sample]]:
+    """Samples of every file, grouped by (benchmark, experiment); read once for every section."""
+    grouped: dict[tuple[str, str], list[Sample]] = defaultdict(list)
+    for path in sample_paths:
+        for s in read_records(path, Sample):
+            grouped[(s.benchmark, s.experiment)].append(s)
+    return grouped
+
+
+def _level_data(rows: list[dict], grouped: dict[tuple[str, str], list[Sample]]) -> dict[str, dict[str, dict]]:
     """{benchmark: {experiment: level breakdown}} from samples when given, else from summary rows."""
     out: dict[str, dict[str, dict]] = defaultdict(dict)
     for r in rows:
         if r.get("tokens_by_level") and r.get("pass@1_by_level"):
             out[r["benchmark"]][r["experiment"]] = r
-    grouped: dict[tuple[str, str], list[Sample]] = defaultdict(list)
-    for path in sample_paths:
-        for s in read_records(path, Sample):
-            grouped[(s.benchmark, s.experiment)].append(s)
     for (bench, exp), samples in grouped.items():
         out[bench][exp] = level_breakdown(samples)  # raw samples beat the rounded summary numbers
     return out
 
 
-def consistency_section(sample_paths: list[str], out: Path) -> Section:
+def consistency_section(grouped: dict[tuple[str, str], list[Sample]], out: Path) -> Section:
     """Per-problem solve counts per student: why pass@1 and pass@8 can rank students differently."""
-    grouped: dict[str, list[Sample]] = defaultdict(list)
-    for path in sample_paths:
-        for s in read_records(path, Sample):
-            grouped[s.experiment if s.benchmark == "world" else f"{s.experiment} ({s.benchmark})"].append(s)
-    stats = {name: consistency(samples) for name, samples in grouped.items()}
+    stats = {(exp if bench == "world" else f"{exp} ({bench})"): consistency(samples)
+             for (bench, exp), samples in grouped.items()}
     body = consistency_table(stats) + "\n\n" + consistency_reading(stats)
     return Section("Are errors per-sample noise or problem-specific?", body,
                    [plot_solve_histogram(stats, out / "solve_histogram.png")])
@@ -401,7 +403,8 @@ def run(cfg: ReportConfig) -> Path:
     if cfg.train_logs:
         curves = [load_train_log(p) for p in cfg.train_logs]
         sections.append(Section("Learning curves", "", [plot_learning_curves(curves, out / "learning_curves.png")]))
-    level_data = _level_data(rows, cfg.samples)
+    grouped = _group_samples(cfg.samples)
+    level_data = _level_data(rows, grouped)
     if level_data:
         body = "\n\n".join(
             (f"### {bench}\n\n" if len(level_data) > 1 else "") + difficulty_section(by_exp, cfg.mix_experiment)
@@ -409,7 +412,7 @@ def run(cfg: ReportConfig) -> Path:
         )
         sections.append(Section("Does the mixed student adapt length to difficulty?", body))
     if cfg.samples:
-        sections.append(consistency_section(cfg.samples, out))
+        sections.append(consistency_section(grouped, out))
     if cfg.curate_table:
         sections.append(Section("Curation", Path(cfg.curate_table).read_text(encoding="utf-8")))
     for i, d in enumerate(cfg.extra_sections):

@@ -28,29 +28,20 @@ from tracewise.curation_strategies import STRATEGIES, SelectionConfig
 from tracewise.decontam import DecontamConfig
 from tracewise.problem_sources import ProblemsConfig
 from tracewise.report import write_section_file
-from tracewise.studies.curation_common import (StudyEval, StudyTrain, base_student, eval_students, generate_world,
-                                               plot_bars, train_students)
+from tracewise.studies.curation_common import (StudyBase, StudyEval, StudyTrain, base_student, eval_students,
+                                               generate_world, plot_bars, train_students)
 from tracewise.world.judge import JudgeConfig
 from tracewise.world.problems import WorldConfig
-from tracewise.world.student import StudentConfig
 from tracewise.world.teachers import TeacherConfig
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class CurationStudyConfig:
+class CurationStudyConfig(StudyBase):
     """Curation-strategy ablation (``tracewise study curation``)."""
 
-    out: str = doc("Root of the stage run dirs (shared with other studies, so finished stages are reused).",
-                   "runs/studies")
     name: str = doc("Sub-directory of out for this study's tables, plot and section.", "curation")
-    world: WorldConfig = doc("Embedded world (train pool and test split).",
-                             factory=lambda: WorldConfig(n_train=1500, n_test=100))
-    student: StudentConfig = doc("Tiny student architecture (ignored when base_model is given).",
-                                 factory=StudentConfig)
-    pretrain_steps: int = doc("Base pretraining steps of the embedded student.", 300)
-    base_model: str = doc("A real base model to fine-tune instead of the embedded student.", "")
     teachers: list[TeacherConfig] = doc("Embedded teachers (a verbose and a concise one for adaptive).",
                                         factory=lambda: [TeacherConfig(style="r1"), TeacherConfig(style="gpt-oss")])
     judge: JudgeConfig = doc("Judge error rates of the verify stage.", factory=JudgeConfig)
@@ -70,8 +61,6 @@ class CurationStudyConfig:
                                        factory=lambda: WorldConfig(seed=1000, n_train=600, n_test=0))
     train: StudyTrain = doc("Training shared by every student.", factory=lambda: StudyTrain(max_steps=300))
     eval: StudyEval = doc("Evaluation shared by every student.", factory=StudyEval)
-    parallel: int = doc("Students trained at once (1 torch thread each).", 2)
-    seed: int = doc("Seed for generation, training and sampling.", 0)
 
     def validate(self) -> None:
         bad = [s for s in self.strategies if s not in STRATEGIES or s == "all"]

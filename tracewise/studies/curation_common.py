@@ -26,6 +26,23 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
+class StudyBase:
+    """Fields every curation study shares: where it writes, the world, the base student, parallelism."""
+
+    out: str = doc("Root of the stage run dirs (shared with other studies, so finished stages are reused).",
+                   "runs/studies")
+    name: str = doc("Sub-directory of out for this study's tables, plot and section.", "study")
+    world: WorldConfig = doc("Embedded world (train pool and test split).",
+                             factory=lambda: WorldConfig(n_train=1500, n_test=100))
+    student: StudentConfig = doc("Tiny student architecture (ignored when base_model is given).",
+                                 factory=StudentConfig)
+    pretrain_steps: int = doc("Base pretraining steps of the embedded student.", 300)
+    base_model: str = doc("A real base model to fine-tune instead of the embedded student.", "")
+    parallel: int = doc("Students trained at once (1 torch thread each).", 2)
+    seed: int = doc("Seed for generation, training and sampling.", 0)
+
+
+@dataclass
 class StudyTrain:
     """Training shared by every student of a study (same steps and batch for all variants)."""
 

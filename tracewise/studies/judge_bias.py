@@ -25,11 +25,9 @@ from tracewise.config import doc
 from tracewise.decontam import DecontamConfig
 from tracewise.problem_sources import ProblemsConfig
 from tracewise.report import write_section_file
-from tracewise.studies.curation_common import (StudyEval, StudyTrain, base_student, eval_students, generate_world,
-                                               pearson, plot_bars, train_students)
+from tracewise.studies.curation_common import (StudyBase, StudyEval, StudyTrain, base_student, eval_students,
+                                               generate_world, pearson, plot_bars, train_students)
 from tracewise.world.judge import JudgeConfig
-from tracewise.world.problems import WorldConfig
-from tracewise.world.student import StudentConfig
 from tracewise.world.teachers import TeacherConfig
 
 log = logging.getLogger(__name__)
@@ -41,18 +39,10 @@ def _sweep() -> list[JudgeConfig]:
 
 
 @dataclass
-class JudgeBiasConfig:
+class JudgeBiasConfig(StudyBase):
     """Judge-bias ablation (``tracewise study judge-bias``)."""
 
-    out: str = doc("Root of the stage run dirs (shared with other studies, so finished stages are reused).",
-                   "runs/studies")
     name: str = doc("Sub-directory of out for this study's tables, plot and section.", "judge_bias")
-    world: WorldConfig = doc("Embedded world (train pool and test split).",
-                             factory=lambda: WorldConfig(n_train=1500, n_test=100))
-    student: StudentConfig = doc("Tiny student architecture (ignored when base_model is given).",
-                                 factory=StudentConfig)
-    pretrain_steps: int = doc("Base pretraining steps of the embedded student.", 300)
-    base_model: str = doc("A real base model to fine-tune instead of the embedded student.", "")
     teacher: TeacherConfig = doc("Embedded teacher whose traces every variant curates; errs often, so the "
                                  "filter matters.", factory=lambda: TeacherConfig(style="gpt-oss",
                                                                                   error_rate=[0.15, 0.25, 0.35]))
@@ -68,8 +58,6 @@ class JudgeBiasConfig:
                                    factory=DecontamConfig)
     train: StudyTrain = doc("Training shared by every student.", factory=StudyTrain)
     eval: StudyEval = doc("Evaluation shared by every student.", factory=lambda: StudyEval(max_tokens=200))
-    parallel: int = doc("Students trained at once (1 torch thread each).", 2)
-    seed: int = doc("Seed for generation, training and sampling.", 0)
 
     def validate(self) -> None:
         bad = [f for f in self.filters if f not in curate.FILTERS]

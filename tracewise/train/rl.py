@@ -33,6 +33,8 @@ from tracewise.config import doc
 from tracewise.problem_sources import ProblemsConfig, load_problems
 from tracewise.store import is_done, mark_done, save_config, stage_dir
 
+from tracewise.progress import trainer_progress_callback
+
 log = logging.getLogger(__name__)
 
 ALGORITHMS = ("grpo", "rloo")
@@ -384,25 +386,10 @@ def run(cfg: RLRunConfig, callbacks: list | None = None) -> Path:
 
 def _progress_callback(total: int, label: str):
     """A rich progress bar over optimizer steps, with the latest reward and completion length."""
-    from transformers import TrainerCallback
+    def describe(logs: dict) -> str | None:
+        if not isinstance(logs.get("reward"), (int, float)):
+            return None
+        return (f"reward {float(logs['reward']):.4f} "
+                f"mean length {float(logs.get('completions/mean_length') or float('nan')):.1f}")
 
-    from tracewise.progress import progress_bar
-
-    class _Bar(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kw):
-            self._cm = progress_bar(f"train rl [{label}]", total)
-            self._advance = self._cm.__enter__()
-            self._advance(state.global_step)
-
-        def on_step_end(self, args, state, control, **kw):
-            self._advance(1)
-
-        def on_log(self, args, state, control, logs=None, **kw):
-            if logs and isinstance(logs.get("reward"), (int, float)) and state.global_step % (args.logging_steps * 10) == 0:
-                log.info("train rl [%s] step %d/%d reward %.4f mean length %.1f", label, state.global_step, total,
-                         float(logs["reward"]), float(logs.get("completions/mean_length") or float("nan")))
-
-        def on_train_end(self, args, state, control, **kw):
-            self._cm.__exit__(None, None, None)
-
-    return _Bar()
+    return trainer_progress_callback(f"train rl [{label}]", total, describe)

@@ -31,6 +31,8 @@ from pathlib import Path
 from tracewise.config import doc
 from tracewise.store import is_done, mark_done, save_config, stage_dir
 
+from tracewise.progress import trainer_progress_callback
+
 log = logging.getLogger(__name__)
 
 
@@ -375,24 +377,5 @@ def _save(cfg: SFTRunConfig, trainer, tokenizer, run_dir: Path, main: bool) -> N
 
 def _progress_callback(total: int, label: str):
     """A rich progress bar over optimizer steps, with the latest loss."""
-    from transformers import TrainerCallback
-
-    from tracewise.progress import progress_bar
-
-    class _Bar(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kw):
-            self._cm = progress_bar(f"train sft [{label}]", total)
-            self._advance = self._cm.__enter__()
-            self._advance(state.global_step)
-
-        def on_step_end(self, args, state, control, **kw):
-            self._advance(1)
-
-        def on_log(self, args, state, control, logs=None, **kw):
-            if logs and "loss" in logs and state.global_step % (args.logging_steps * 10) == 0:
-                log.info("train sft [%s] step %d/%d loss %.4f", label, state.global_step, total, float(logs["loss"]))
-
-        def on_train_end(self, args, state, control, **kw):
-            self._cm.__exit__(None, None, None)
-
-    return _Bar()
+    return trainer_progress_callback(
+        f"train sft [{label}]", total, lambda logs: f"loss {float(logs['loss']):.4f}" if "loss" in logs else None)
