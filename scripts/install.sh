@@ -19,3 +19,8 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
   fi
 fi
 "$PY" -m pip install -e ".[dev]"
+# The report's sample viewer is tested in a real headless browser: Debian's chromium (a browser that a pip
+# package downloads at run time cannot be fetched on machines without internet access).
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null
+fi
