@@ -116,6 +116,15 @@ def test_resume_from_checkpoint_and_extend_a_finished_run(tmp_path, sft_model, c
 # ---------------------------------------------------------------- pieces
 
 
+def test_report_to_reaches_the_trainer_args(tmp_path):
+    for algorithm in ("grpo", "rloo"):
+        cfg = _cfg(tmp_path, "gpt2", algorithm=algorithm, report_to=["tensorboard"])
+        assert rl.trainer_args(cfg, str(tmp_path / "ck"), [1.0]).report_to == ["tensorboard"]
+    assert rl.trainer_args(_cfg(tmp_path, "gpt2"), str(tmp_path / "ck"), [1.0]).report_to == []
+    with pytest.raises(ValueError, match="train.rl.report_to: unknown tracker 'tensorbord'"):
+        load_config(RLRunConfig, None, [f"out={tmp_path}", f"model={tmp_path}", "report_to=[tensorbord]"])
+
+
 def test_trainer_args_follow_the_config(tmp_path):
     cfg = _cfg(tmp_path, "gpt2", rewards=[{"name": "correctness"}, {"name": "kimi", "weight": 0.5}], loss_type="dr_grpo")
     args = rl.trainer_args(cfg, str(tmp_path / "ck"), [1.0, 0.5])

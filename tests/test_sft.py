@@ -207,7 +207,7 @@ def test_completion_only_loss_masks_exactly_the_prompt(tmp_path, student_path):
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
-# ---------------------------------------------------------------- warnings
+# ---------------------------------------------------------------- warnings, report_to
 
 
 def test_tiny_run_emits_no_library_warnings(tmp_path, student_path, tiny_dataset):
@@ -223,3 +223,21 @@ def test_tiny_run_emits_no_library_warnings(tmp_path, student_path, tiny_dataset
            if issubclass(w.category, (FutureWarning, UserWarning, DeprecationWarning))
            and any(f"/{lib}/" in w.filename for lib in libs)]
     assert not bad, bad
+
+
+def test_report_to_reaches_the_training_arguments(tmp_path, student_path, tiny_dataset, monkeypatch):
+    from transformers.integrations import integration_utils
+
+    from tracewise.config import load_config
+    from tracewise.train.sft import training_args
+
+    cfg = _cfg(tmp_path, student_path, tiny_dataset, report_to=["tensorboard", "wandb"])
+    assert training_args(cfg, str(tmp_path), 1, False, False).report_to == ["tensorboard", "wandb"]
+    assert training_args(_cfg(tmp_path, student_path, tiny_dataset), str(tmp_path), 1, False, False).report_to == []
+    base = [f"model={student_path}", f"dataset={tiny_dataset}"]
+    with pytest.raises(ValueError, match="report_to: unknown tracker 'wandbb'"):
+        load_config(SFTRunConfig, None, base + ["report_to=[wandbb]"])
+    monkeypatch.setattr(integration_utils, "get_available_reporting_integrations", lambda: ["tensorboard"])
+    with pytest.raises(ValueError, match="'wandb' needs its Python package"):
+        load_config(SFTRunConfig, None, base + ["report_to=[wandb]"])
+    assert load_config(SFTRunConfig, None, base + ["report_to=[tensorboard]"]).report_to == ["tensorboard"]

@@ -1,4 +1,5 @@
-"""Around transformers' Trainer, for ``train sft``: batch order and a lean SFT loss.
+"""Around transformers' Trainer, for ``train sft`` and ``train rl``: batch order, a lean SFT loss, ``report_to``
+checks.
 
 ``fast_loss``: the plain next-token loss from the model's logits. TRL's default routes every step through
 a chunked "fused LM head" that also computes entropy and top-1 accuracy for logging; on CPU that
@@ -108,3 +109,18 @@ def trainer_class(fast_loss: bool, batch_order: str):
             return (loss, outputs) if return_outputs else loss
 
     return TracewiseSFTTrainer
+
+
+def check_report_to(names: list[str], where: str) -> None:
+    """``report_to`` names must be transformers integrations whose package is installed (checked before any output)."""
+    if not names:
+        return
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK, get_available_reporting_integrations
+
+    for name in names:
+        if name in ("none", "all"):
+            continue
+        if name not in INTEGRATION_TO_CALLBACK:
+            raise ValueError(f"{where}.report_to: unknown tracker {name!r}; known: {sorted(INTEGRATION_TO_CALLBACK)}")
+        if name not in get_available_reporting_integrations():
+            raise ValueError(f"{where}.report_to: {name!r} needs its Python package, which is not installed")

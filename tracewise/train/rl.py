@@ -34,6 +34,7 @@ from tracewise.problem_sources import ProblemsConfig, load_problems
 from tracewise.store import is_done, mark_done, save_config, stage_dir
 
 from tracewise.progress import trainer_progress_callback
+from tracewise.train.hf_trainer import check_report_to
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,9 @@ class RLRunConfig:
     gradient_checkpointing: bool = doc("Trade compute for memory (large models).", False)
     threads: int = doc("torch CPU threads (0 = torch default).", 0, hash=False)
     trust_remote_code: bool = doc("Run Python code shipped with the model or tokenizer (HF auto_map); off unless you pass it.", False, hash=False)
+    report_to: list[str] = doc("Experiment trackers to log to (transformers' report_to), e.g. wandb, tensorboard, "
+                               "trackio; the tracker's package must be installed; several: report_to=wandb,tensorboard. "
+                               "Empty (the default) = none.", factory=list, hash=False)
 
     def validate(self) -> None:
         from tracewise.train.rewards import build_rewards, check_group_size
@@ -130,6 +134,7 @@ class RLRunConfig:
         if self.use_vllm and importlib.util.find_spec("vllm") is None:
             raise ValueError("train.rl.use_vllm=true but vllm is not installed")
         self.problems.validate()
+        check_report_to(self.report_to, "train.rl")
 
 
 def model_dir(run_dir: str | Path) -> Path:
@@ -274,7 +279,7 @@ def trainer_args(cfg: RLRunConfig, output_dir: str, weights: list[float]):
         save_strategy="steps",
         save_steps=cfg.save_steps,
         save_total_limit=cfg.save_total_limit,
-        report_to=[],
+        report_to=list(cfg.report_to),
         seed=cfg.seed,
         data_seed=cfg.seed,
         dataloader_num_workers=0,

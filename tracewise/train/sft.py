@@ -28,7 +28,7 @@ from pathlib import Path
 from tracewise.config import doc
 from tracewise.progress import trainer_progress_callback
 from tracewise.store import is_done, mark_done, save_config, stage_dir
-from tracewise.train.hf_trainer import BATCH_ORDERS, trainer_class
+from tracewise.train.hf_trainer import BATCH_ORDERS, check_report_to, trainer_class
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,9 @@ class SFTRunConfig:
     chat_template: str = doc("Chat template for a tokenizer without one (base models): a .jinja file or a "
                              "tokenizer path/id to copy it from; '' = the tokenizer's own.", "")
     threads: int = doc("torch CPU threads (0 = torch default).", 0, hash=False)
+    report_to: list[str] = doc("Experiment trackers to log to (transformers' report_to), e.g. wandb, tensorboard, "
+                               "trackio; the tracker's package must be installed; several: report_to=wandb,tensorboard. "
+                               "Empty (the default) = none.", factory=list, hash=False)
 
     def validate(self) -> None:
         if self.length_grouping is not None:
@@ -100,6 +103,7 @@ class SFTRunConfig:
                 "batch_order=group_by_length, whose streaks of one source skewed mixed-dataset students")
         if self.batch_order not in BATCH_ORDERS:
             raise ValueError(f"train.sft.batch_order: expected one of {list(BATCH_ORDERS)}, got {self.batch_order!r}")
+        check_report_to(self.report_to, "train.sft")
         if not self.model:
             raise ValueError("train.sft.model is required (a local model path or HF id)")
         if not self.dataset or not Path(self.dataset).exists():
@@ -259,7 +263,7 @@ def training_args(cfg: SFTRunConfig, output_dir: str, grad_accum: int, bf16: boo
         logging_steps=cfg.logging_steps,
         save_steps=cfg.save_steps,
         save_total_limit=2,
-        report_to=[],
+        report_to=list(cfg.report_to),
         seed=cfg.seed,
         data_seed=cfg.seed,
         dataloader_num_workers=0,
