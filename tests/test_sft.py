@@ -57,6 +57,25 @@ def test_sft_rerun_is_noop_and_resume_continues(tmp_path, student_path, tiny_dat
     assert (model_dir(run_dir) / "config.json").exists()
 
 
+def test_sft_killed_after_its_last_checkpoint_does_not_train_past_max_steps(tmp_path, student_path, tiny_dataset):
+    """A kill after checkpoint-20 of a 20-step run (before DONE): transformers, resuming at global_step ==
+    max_steps in mid-epoch (72 rows / batch 8 = 9 steps per epoch), would train a 21st step."""
+    from safetensors.torch import load_file
+
+    cfg = _cfg(tmp_path, student_path, tiny_dataset, max_steps=20)
+    run_dir = run(cfg)
+    final = load_file(str(model_dir(run_dir) / "model.safetensors"))
+    history = json.loads((run_dir / "log_history.json").read_text())
+    (run_dir / "DONE").unlink()
+    shutil.rmtree(model_dir(run_dir))
+    run(cfg)
+    assert json.loads((run_dir / "DONE").read_text())["steps"] == 20
+    again = load_file(str(model_dir(run_dir) / "model.safetensors"))
+    assert all(torch.equal(final[k], again[k]) for k in final)
+    steps = [h["step"] for h in json.loads((run_dir / "log_history.json").read_text()) if "loss" in h]
+    assert steps == [h["step"] for h in history if "loss" in h] == [5, 10, 15, 20]
+
+
 def test_sft_bad_input(tmp_path, student_path, tiny_dataset):
     with pytest.raises(ValueError, match="dataset"):
         run(_cfg(tmp_path, student_path, str(tmp_path / "missing")))

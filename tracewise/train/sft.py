@@ -28,7 +28,8 @@ from pathlib import Path
 from tracewise.config import doc
 from tracewise.progress import trainer_progress_callback
 from tracewise.store import is_done, mark_done, save_config, stage_dir
-from tracewise.train.hf_trainer import BATCH_ORDERS, check_report_to, trainer_class
+from tracewise.train.hf_trainer import (BATCH_ORDERS, check_report_to, restore_final_checkpoint,
+                                        trainer_class)
 
 log = logging.getLogger(__name__)
 
@@ -331,7 +332,8 @@ def run(cfg: SFTRunConfig) -> Path:
              "batch order %s%s", cfg.experiment, trainer.args.process_index, n_procs, cfg.batch_size, grad_accum,
              n_procs, n_procs * cfg.batch_size * grad_accum, cfg.batch_order,
              f", LoRA r={cfg.lora.r}" + (" on a 4-bit base" if cfg.qlora else "") if cfg.lora.r else "")
-    trainer.train(resume_from_checkpoint=resume)
+    if not restore_final_checkpoint(trainer, resume, cfg.max_steps):
+        trainer.train(resume_from_checkpoint=resume)
     _save(cfg, trainer, trainer.processing_class, run_dir, main)
     if main:
         history = trainer.state.log_history
