@@ -260,3 +260,23 @@ def test_report_to_reaches_the_training_arguments(tmp_path, student_path, tiny_d
     with pytest.raises(ValueError, match="'wandb' needs its Python package"):
         load_config(SFTRunConfig, None, base + ["report_to=[wandb]"])
     assert load_config(SFTRunConfig, None, base + ["report_to=[tensorboard]"]).report_to == ["tensorboard"]
+
+
+def test_dependency_floors_cover_the_apis_the_code_uses():
+    """pyproject's minimums are the first releases with the APIs we call (found in each release's source)."""
+    from pathlib import Path
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    deps = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["dependencies"]
+    floors = {}
+    for d in deps:
+        req = Requirement(d)
+        floors[req.name] = min((Version(s.version) for s in req.specifier if s.operator == ">="), default=None)
+    needed = {"transformers": "5.23",  # TrainingArguments(activation_checkpointing=...); 5.22 lacks it
+              "datasets": "4.0",  # datasets.List
+              "trl": "1.0"}
+    for name, first in needed.items():
+        assert floors[name] is not None and floors[name] >= Version(first), (name, floors[name])
