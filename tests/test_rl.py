@@ -113,7 +113,35 @@ def test_resume_from_checkpoint_and_extend_a_finished_run(tmp_path, sft_model, c
     assert json.loads((longer / "DONE").read_text())["steps"] == 4
 
 
+def test_a_shorter_max_steps_than_the_run_holds_is_refused(tmp_path, sft_model):
+    """max_steps is out of the hash (so runs extend and resume); asking for fewer steps than the run dir holds
+    must not hand back the longer-trained policy as if it were the shorter one."""
+    first = rl.run(_cfg(tmp_path, sft_model, max_steps=2))
+    trained = _weights(rl.model_dir(first))
+    with pytest.raises(ValueError, match=r"already holds 2 training steps, more than max_steps=1.*another out="):
+        rl.run(_cfg(tmp_path, sft_model, max_steps=1))
+    # Interrupted after its step-2 checkpoint (no DONE): resuming with max_steps=1 would train 0 steps and
+    # save the 2-step policy; refused too.
+    (first / "DONE").unlink()
+    shutil.rmtree(first / "model")
+    with pytest.raises(ValueError, match="already holds 2 training steps"):
+        rl.run(_cfg(tmp_path, sft_model, max_steps=1))
+    assert not (first / "model").exists()
+    assert rl.run(_cfg(tmp_path, sft_model, max_steps=2)) == first  # the same max_steps still resumes
+    after = _weights(rl.model_dir(first))
+    assert all((trained[k] == after[k]).all() for k in trained)  # restored from checkpoint-2, nothing retrained
+
+
 # ---------------------------------------------------------------- pieces
+
+
+def test_report_to_reaches_the_trainer_args(tmp_path):
+    for algorithm in ("grpo", "rloo"):
+        cfg = _cfg(tmp_path, "gpt2", algorithm=algorithm, report_to=["tensorboard"])
+        assert rl.trainer_args(cfg, str(tmp_path / "ck"), [1.0]).report_to == ["tensorboard"]
+    assert rl.trainer_args(_cfg(tmp_path, "gpt2"), str(tmp_path / "ck"), [1.0]).report_to == []
+    with pytest.raises(ValueError, match="train.rl.report_to: unknown tracker 'tensorbord'"):
+        load_config(RLRunConfig, None, [f"out={tmp_path}", f"model={tmp_path}", "report_to=[tensorbord]"])
 
 
 def test_trainer_args_follow_the_config(tmp_path):

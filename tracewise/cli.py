@@ -57,19 +57,27 @@ STAGES: dict[str, tuple[str, str]] = {
 }
 
 
-def _fields_help(cls: type, prefix: str = "") -> list[str]:
-    """One line per config field (nested sections expanded), for ``--help``."""
+def _fields_help(cls: type | object, prefix: str = "") -> list[str]:
+    """One line per config field (nested sections expanded), for ``--help``.
+
+    ``cls`` may be a default instance: a section built by its parent's factory (the quickstart's
+    ``world``) shows the factory's values, not the section class's own defaults.
+    """
     lines = []
     for f in dataclasses.fields(cls):
         name = prefix + f.name
-        default = f.default if f.default is not dataclasses.MISSING else None
-        if dataclasses.is_dataclass(f.type) or (f.default_factory is not dataclasses.MISSING
-                                                 and dataclasses.is_dataclass(f.default_factory())):
-            sub = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.type
-            lines.extend(_fields_help(type(sub), name + "."))
-            continue
-        if f.default_factory is not dataclasses.MISSING:
+        if not isinstance(cls, type):
+            default = getattr(cls, f.name)
+        elif f.default_factory is not dataclasses.MISSING:
             default = f.default_factory()
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else None
+        if dataclasses.is_dataclass(default) and not isinstance(default, type):
+            lines.extend(_fields_help(default, name + "."))
+            continue
+        if default is None and dataclasses.is_dataclass(f.type):
+            lines.extend(_fields_help(f.type, name + "."))
+            continue
         lines.append(f"{name} (default {default!r}): {f.metadata.get('help', '')}")
     return lines
 
@@ -217,7 +225,15 @@ def serve(
         _error(e)
 
 
-@app.command()
+def _quickstart_epilog() -> str:
+    try:
+        from tracewise.quickstart import QuickstartConfig
+    except Exception:  # help must never crash on an optional dependency
+        return ""
+    return "Config keys (YAML or KEY=VALUE):\n\n" + "\n\n".join(_fields_help(QuickstartConfig))
+
+
+@app.command(epilog=_quickstart_epilog())
 def quickstart(
     overrides: list[str] = typer.Argument(None, help="KEY=VALUE overrides of the quickstart config."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (default: built-in)."),

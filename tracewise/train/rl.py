@@ -14,7 +14,8 @@ group in one reward call).
 Resume: checkpoints hold optimizer, scheduler and RNG state; a rerun continues from the last one.
 ``max_steps`` is not part of the run-dir hash (the schedule is constant after ``warmup_steps``, so
 the first N steps do not depend on it): a rerun with a larger ``max_steps`` extends a finished run
-from its final checkpoint instead of starting over.
+from its final checkpoint instead of starting over. A *smaller* ``max_steps`` than the run dir already
+holds is an error (the shorter policy is not kept): train it into another ``out``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from tracewise.problem_sources import ProblemsConfig, load_problems
 from tracewise.store import is_done, mark_done, save_config, stage_dir
 
 from tracewise.progress import trainer_progress_callback
+from tracewise.train.hf_trainer import check_report_to, checkpoint_step, restore_final_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +67,8 @@ class RLRunConfig:
     num_generations: int = doc("Completions sampled per prompt (the group size G; the paper: 8).", 8)
     per_device_train_batch_size: int = doc("Completions per device per step; a multiple of num_generations.", 32)
     gradient_accumulation_steps: int = doc("Steps per optimizer update (also steps per generation round).", 1)
-    max_steps: int = doc("Optimizer steps; a larger value on rerun extends a finished run.", 100, hash=False)
+    max_steps: int = doc("Optimizer steps; a larger value on rerun extends a finished run (a smaller one than the run "
+                         "dir holds is an error).", 100, hash=False)
     learning_rate: float = doc("Learning rate (AdamW, constant after warmup); raise it for tiny students.", 1e-6)
     warmup_steps: int = doc("Linear warmup steps before the constant learning rate.", 0)
     beta: float = doc("KL coefficient against the starting policy (the paper: 1e-3; 0 = no reference model).", 1e-3)
@@ -88,6 +91,9 @@ class RLRunConfig:
     gradient_checkpointing: bool = doc("Trade compute for memory (large models).", False)
     threads: int = doc("torch CPU threads (0 = torch default).", 0, hash=False)
     trust_remote_code: bool = doc("Run Python code shipped with the model or tokenizer (HF auto_map); off unless you pass it.", False, hash=False)
+    report_to: list[str] = doc("Experiment trackers to log to (transformers' report_to), e.g. wandb, tensorboard, "
+                               "trackio; the tracker's package must be installed; several: report_to=wandb,tensorboard. "
+                               "Empty (the default) = none.", factory=list, hash=False)
 
     def validate(self) -> None:
         from tracewise.train.rewards import build_rewards, check_group_size
@@ -130,6 +136,7 @@ class RLRunConfig:
         if self.use_vllm and importlib.util.find_spec("vllm") is None:
             raise ValueError("train.rl.use_vllm=true but vllm is not installed")
         self.problems.validate()
+        check_report_to(self.report_to, "train.rl")
 
 
 def model_dir(run_dir: str | Path) -> Path:
@@ -274,7 +281,7 @@ def trainer_args(cfg: RLRunConfig, output_dir: str, weights: list[float]):
         save_strategy="steps",
         save_steps=cfg.save_steps,
         save_total_limit=cfg.save_total_limit,
-        report_to=[],
+        report_to=list(cfg.report_to),
         seed=cfg.seed,
         data_seed=cfg.seed,
         dataloader_num_workers=0,
@@ -302,6 +309,21 @@ def _done_steps(run_dir: Path) -> int:
         return 0
 
 
+def _refuse_shorter(run_dir: Path, max_steps: int) -> None:
+    """A run dir that already holds more than ``max_steps`` steps cannot give a ``max_steps``-step policy.
+
+    ``max_steps`` stays out of the run hash so a larger value extends a finished run and an interrupted
+    run resumes; the price is this case, which is refused instead of handing back the longer-trained
+    policy (or, from a later checkpoint, training zero steps) as if it were the shorter one.
+    """
+    trained = max(_done_steps(run_dir) if is_done(run_dir) else 0,
+                  checkpoint_step(_last_checkpoint(run_dir / "checkpoints")) if run_dir.is_dir() else 0)
+    if trained > max_steps:
+        raise ValueError(
+            f"train rl: {run_dir} already holds {trained} training steps, more than max_steps={max_steps}; it cannot "
+            f"give a {max_steps}-step policy. Train the shorter run into another out= directory (or delete this run dir)")
+
+
 def _default_experiment(model_path: str) -> str:
     """'<sft experiment>-rl' when starting from an SFT run's model/, else '<model name>-rl'."""
     sft_label = Path(model_path).parent / "experiment.txt"
@@ -326,9 +348,10 @@ def run(cfg: RLRunConfig, callbacks: list | None = None) -> Path:
     model_path = resolve_model(cfg.model)
     inputs = [p for p in (model_path,) if Path(p).exists()] + cfg.problems.input_files()
     run_dir = stage_dir(cfg.out, "rl", cfg, inputs=inputs)
+    _refuse_shorter(run_dir, cfg.max_steps)
     if is_done(run_dir):
         done = _done_steps(run_dir)
-        if done >= cfg.max_steps:
+        if done == cfg.max_steps:
             log.info("train rl: %s is complete (%d steps), nothing to do", run_dir, done)
             return run_dir
         if not _last_checkpoint(run_dir / "checkpoints"):
@@ -366,7 +389,8 @@ def run(cfg: RLRunConfig, callbacks: list | None = None) -> Path:
     resume = _last_checkpoint(ckpt_root)
     if resume:
         log.info("train rl: resuming from %s", resume)
-    trainer.train(resume_from_checkpoint=resume)
+    if not restore_final_checkpoint(trainer, resume, cfg.max_steps):
+        trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(str(model_dir(run_dir)))
     tokenizer.save_pretrained(str(model_dir(run_dir)))
     history = trainer.state.log_history

@@ -1,13 +1,10 @@
 """Stage ``train sft``: supervised fine-tuning on curated traces with TRL's ``SFTTrainer``.
 
-Loss on the completion only, AdamW, cosine schedule with warmup (the paper's recipe). Two
-deliberate departures from TRL's defaults, both measured in ``benchmarks/sft.py``:
+Loss on the completion only, AdamW, cosine schedule with warmup (the paper's recipe).
 
-* ``FastSFTTrainer.compute_loss`` computes the plain next-token loss from the model's logits.
-  TRL's default routes every step through a chunked "fused LM head" that also computes entropy
-  and top-1 accuracy for logging; on CPU that bookkeeping costs more than the tiny model itself.
-* batches are grouped by length (``train_sampling_strategy="group_by_length"``) so padding is
-  small without packing, and samples never attend to each other.
+The trainer (:mod:`tracewise.train.hf_trainer`) adds ``fast_loss`` (the plain next-token loss, without
+TRL's per-step metrics) and ``batch_order``: ``random`` by default, so each batch of a mixed dataset mixes
+its sources; ``length_buckets`` puts similar lengths in a batch and shuffles the batches' order.
 
 Resume: checkpoints hold optimizer, scheduler and RNG state; a rerun continues from the last one
 with the same data order (HF Trainer skips the batches already seen).
@@ -29,9 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tracewise.config import doc
-from tracewise.store import is_done, mark_done, save_config, stage_dir
-
 from tracewise.progress import trainer_progress_callback
+from tracewise.store import is_done, mark_done, save_config, stage_dir
+from tracewise.train.hf_trainer import (BATCH_ORDERS, check_report_to, restore_final_checkpoint,
+                                        trainer_class)
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +70,12 @@ class SFTRunConfig:
     seed: int = doc("Seed for data order and dropout.", 0)
     logging_steps: int = doc("Log the loss every N steps.", 10, hash=False)
     save_steps: int = doc("Save a resumable checkpoint every N steps.", 100, hash=False)
-    length_grouping: bool = doc("Group batches by length to cut padding (no cross-sample attention).", True)
+    batch_order: str = doc("Order of training examples: 'random' (uniform shuffle), 'length_buckets' (batches of "
+                           "similar-length examples, batch order shuffled: less padding, no streaks of one source), "
+                           "'group_by_length' (legacy transformers sampler: ~25-batch streaks of long then short "
+                           "examples, i.e. of one teacher in a mixed dataset; only to reproduce old runs).", "random")
+    length_grouping: bool | None = doc("Removed: use batch_order (setting it is an error that says which value).",
+                                       None, hash=False)
     fast_loss: bool = doc("Plain next-token loss without TRL's per-step entropy/accuracy metrics.", True)
     bf16: bool | None = doc("bf16 mixed precision; None = on when CUDA is available.", None)
     gradient_checkpointing: bool = doc("Trade compute for memory (large models).", False)
@@ -89,8 +92,19 @@ class SFTRunConfig:
     chat_template: str = doc("Chat template for a tokenizer without one (base models): a .jinja file or a "
                              "tokenizer path/id to copy it from; '' = the tokenizer's own.", "")
     threads: int = doc("torch CPU threads (0 = torch default).", 0, hash=False)
+    report_to: list[str] = doc("Experiment trackers to log to (transformers' report_to), e.g. wandb, tensorboard, "
+                               "trackio; the tracker's package must be installed; several: report_to=wandb,tensorboard. "
+                               "Empty (the default) = none.", factory=list, hash=False)
 
     def validate(self) -> None:
+        if self.length_grouping is not None:
+            raise ValueError(
+                "train.sft.length_grouping was replaced by batch_order: use batch_order=random (the default) or "
+                "batch_order=length_buckets (similar-length batches in shuffled order); length_grouping=true was "
+                "batch_order=group_by_length, whose streaks of one source skewed mixed-dataset students")
+        if self.batch_order not in BATCH_ORDERS:
+            raise ValueError(f"train.sft.batch_order: expected one of {list(BATCH_ORDERS)}, got {self.batch_order!r}")
+        check_report_to(self.report_to, "train.sft")
         if not self.model:
             raise ValueError("train.sft.model is required (a local model path or HF id)")
         if not self.dataset or not Path(self.dataset).exists():
@@ -115,31 +129,6 @@ class SFTRunConfig:
 def model_dir(run_dir: str | Path) -> Path:
     """Where a finished SFT run keeps its final model (loadable with ``from_pretrained``)."""
     return Path(run_dir) / "model"
-
-
-def _trainer_class():
-    import torch
-    from trl import SFTTrainer
-
-    class FastSFTTrainer(SFTTrainer):
-        """SFTTrainer whose loss skips TRL's fused-head metrics (see module docstring)."""
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            labels = inputs["labels"]
-            model_inputs = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "position_ids")}
-            outputs = model(**model_inputs, use_cache=False)
-            logits = outputs.logits[:, :-1, :].float()
-            targets = labels[:, 1:]
-            loss_sum = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100, reduction="sum"
-            )
-            denom = num_items_in_batch if num_items_in_batch is not None else (targets != -100).sum()
-            loss = loss_sum / torch.as_tensor(denom, device=loss_sum.device).clamp(min=1)
-            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-                loss = loss * self.accelerator.num_processes
-            return (loss, outputs) if return_outputs else loss
-
-    return FastSFTTrainer
 
 
 def _load_dataset(path: str):
@@ -249,39 +238,12 @@ def _peft_config(cfg: SFTRunConfig):
                       target_modules="all-linear" if targets == ["all-linear"] else list(targets))
 
 
-def run(cfg: SFTRunConfig) -> Path:
-    """Train; resumable from the last checkpoint; returns the run dir (final model in ``model/``)."""
-    import torch
-    from transformers import AutoTokenizer
+def training_args(cfg: SFTRunConfig, output_dir: str, grad_accum: int, bf16: bool, cuda: bool):
+    """The TRL ``SFTConfig`` for this run (field names as in TRL 1.16 / transformers 5)."""
     from trl import SFTConfig
 
-    cfg.validate()
-    cuda = torch.cuda.is_available()
-    _check_hardware(cfg, cuda)
-    n_procs, main = world_size(), is_main_process()
-    grad_accum = grad_accum_for(cfg, n_procs)
-    run_dir = stage_dir(cfg.out, "sft", cfg,
-                        inputs=[p for p in (cfg.model, cfg.dataset, cfg.chat_template) if p and Path(p).exists()])
-    if is_done(run_dir):
-        log.info("train sft: %s is complete, nothing to do", run_dir)
-        return run_dir
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    dataset = _load_dataset(cfg.dataset)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
-    except Exception as e:
-        raise ValueError(f"{cfg.model}: cannot load its tokenizer ({type(e).__name__}: {e})") from None
-    if not tokenizer.chat_template and not cfg.chat_template:
-        raise ValueError(f"{cfg.model}: its tokenizer has no chat template (a base model?); set "
-                         "train.sft.chat_template, e.g. chat_template=configs/paper/chat_template.jinja")
-    if main:  # every rank runs this stage; one writes the run dir's files
-        save_config(run_dir, cfg)
-        (run_dir / "experiment.txt").write_text(cfg.experiment or Path(cfg.dataset).name)
-    bf16 = cuda if cfg.bf16 is None else cfg.bf16
-    ckpt_root = run_dir / "checkpoints"
-    args = SFTConfig(
-        output_dir=str(ckpt_root),
+    return SFTConfig(
+        output_dir=output_dir,
         max_steps=cfg.max_steps,
         per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=grad_accum,
@@ -295,13 +257,14 @@ def run(cfg: SFTRunConfig) -> Path:
         packing=cfg.packing,
         bf16=bf16,
         use_cpu=not cuda,
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        # Packed rows are all max_length long: grouping them by length would only cost a pass.
-        train_sampling_strategy="group_by_length" if cfg.length_grouping and not cfg.packing else "random",
+        # The transformers 5 name: passing gradient_checkpointing (deprecated) warns on every run.
+        activation_checkpointing=cfg.gradient_checkpointing,
+        # length_buckets: our sampler replaces transformers' random one (TracewiseSFTTrainer._get_train_sampler).
+        train_sampling_strategy="group_by_length" if cfg.batch_order == "group_by_length" else "random",
         logging_steps=cfg.logging_steps,
         save_steps=cfg.save_steps,
         save_total_limit=2,
-        report_to=[],
+        report_to=list(cfg.report_to),
         seed=cfg.seed,
         data_seed=cfg.seed,
         dataloader_num_workers=0,
@@ -310,33 +273,75 @@ def run(cfg: SFTRunConfig) -> Path:
         ddp_find_unused_parameters=False,
         chat_template_path=cfg.chat_template or None,
     )
+
+
+def build_trainer(cfg: SFTRunConfig, output_dir: str | Path, grad_accum: int | None = None):
+    """The trainer ``run`` trains (model loaded, dataset tokenized), checkpoints under ``output_dir``.
+
+    Nothing is trained or written; tests read its batches (``get_train_dataloader()``) and labels.
+    """
+    import torch
+    from transformers import AutoTokenizer
+    from transformers.trainer_callback import PrinterCallback
+
+    cuda = torch.cuda.is_available()
+    dataset = _load_dataset(cfg.dataset)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    except Exception as e:
+        raise ValueError(f"{cfg.model}: cannot load its tokenizer ({type(e).__name__}: {e})") from None
+    if not tokenizer.chat_template and not cfg.chat_template:
+        raise ValueError(f"{cfg.model}: its tokenizer has no chat template (a base model?); set "
+                         "train.sft.chat_template, e.g. chat_template=configs/paper/chat_template.jinja")
+    bf16 = cuda if cfg.bf16 is None else cfg.bf16
+    args = training_args(cfg, str(output_dir), grad_accum or cfg.grad_accum, bf16, cuda)
     # After the SFTConfig: under DeepSpeed ZeRO-3 it registers the config that makes from_pretrained
     # load each weight straight into its shard instead of whole on every rank.
     model = _load_model(cfg, _load_dtype(cfg, bf16))
-    trainer_cls = _trainer_class() if cfg.fast_loss else __import__("trl").SFTTrainer
-    trainer = trainer_cls(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                          peft_config=_peft_config(cfg))
-    from transformers.trainer_callback import PrinterCallback
-
+    trainer = trainer_class(cfg.fast_loss, cfg.batch_order)(
+        model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=_peft_config(cfg))
     trainer.remove_callback(PrinterCallback)  # it prints raw dicts; losses go to logging + log_history.json
-    if main:
+    return trainer
+
+
+def run(cfg: SFTRunConfig) -> Path:
+    """Train; resumable from the last checkpoint; returns the run dir (final model in ``model/``)."""
+    import torch
+
+    cfg.validate()
+    _check_hardware(cfg, torch.cuda.is_available())
+    n_procs, main = world_size(), is_main_process()
+    grad_accum = grad_accum_for(cfg, n_procs)
+    run_dir = stage_dir(cfg.out, "sft", cfg,
+                        inputs=[p for p in (cfg.model, cfg.dataset, cfg.chat_template) if p and Path(p).exists()])
+    if is_done(run_dir):
+        log.info("train sft: %s is complete, nothing to do", run_dir)
+        return run_dir
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    ckpt_root = run_dir / "checkpoints"
+    trainer = build_trainer(cfg, ckpt_root, grad_accum)
+    if main:  # every rank runs this stage; one writes the run dir's files
+        save_config(run_dir, cfg)
+        (run_dir / "experiment.txt").write_text(cfg.experiment or Path(cfg.dataset).name)
         trainer.add_callback(_progress_callback(cfg.max_steps, cfg.experiment or "sft"))
     resume = _last_checkpoint(ckpt_root)
     if resume:
         log.info("train sft: resuming from %s", resume)
-    log.info("train sft [%s]: rank %d of %d: batch %d × grad_accum %d × %d process(es) = global batch %d%s",
-             cfg.experiment, trainer.args.process_index, n_procs, cfg.batch_size, grad_accum, n_procs,
-             n_procs * cfg.batch_size * grad_accum,
+    log.info("train sft [%s]: rank %d of %d: batch %d × grad_accum %d × %d process(es) = global batch %d, "
+             "batch order %s%s", cfg.experiment, trainer.args.process_index, n_procs, cfg.batch_size, grad_accum,
+             n_procs, n_procs * cfg.batch_size * grad_accum, cfg.batch_order,
              f", LoRA r={cfg.lora.r}" + (" on a 4-bit base" if cfg.qlora else "") if cfg.lora.r else "")
-    trainer.train(resume_from_checkpoint=resume)
-    _save(cfg, trainer, tokenizer, run_dir, main)
+    if not restore_final_checkpoint(trainer, resume, cfg.max_steps):
+        trainer.train(resume_from_checkpoint=resume)
+    _save(cfg, trainer, trainer.processing_class, run_dir, main)
     if main:
         history = trainer.state.log_history
         (run_dir / "log_history.json").write_text(json.dumps(history, indent=1))
         losses = [h["loss"] for h in history if "loss" in h]
         mark_done(run_dir, {"experiment": cfg.experiment, "steps": trainer.state.global_step,
                             "processes": n_procs, "global_batch": n_procs * cfg.batch_size * grad_accum,
-                            "lora_r": cfg.lora.r, "qlora": cfg.qlora,
+                            "lora_r": cfg.lora.r, "qlora": cfg.qlora, "batch_order": cfg.batch_order,
                             "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None})
         log.info("train sft [%s]: %d steps, loss %.3f → %.3f", cfg.experiment, trainer.state.global_step,
                  losses[0] if losses else float("nan"), losses[-1] if losses else float("nan"))

@@ -1,0 +1,157 @@
+"""Around transformers' Trainer, for ``train sft`` and ``train rl``: batch order, a lean SFT loss, ``report_to``
+checks, and a resume that never trains past ``max_steps``.
+
+``fast_loss``: the plain next-token loss from the model's logits. TRL's default routes every step through
+a chunked "fused LM head" that also computes entropy and top-1 accuracy for logging; on CPU that
+bookkeeping costs more than the tiny model itself.
+
+``batch_order``: which examples share a batch, and which batch comes next.
+
+* ``random`` (default): a uniform shuffle every epoch (transformers' ``RandomSampler``). Every batch is a
+  random sample of the dataset, so in a mixed dataset each batch mixes the sources in their proportions.
+* ``length_buckets``: within chunks of 50 batches of randomly drawn examples, examples are sorted by length and
+  cut into batches (little padding), then the order of ALL full batches is shuffled (seeded by ``seed`` and
+  the epoch). A batch holds examples of similar length (in a mixed dataset of a verbose and a concise
+  teacher that often means one teacher), but the batches come in uniformly random order, so runs of one
+  source are no longer than chance makes them.
+* ``group_by_length`` (legacy; what ``length_grouping: true`` did): transformers' ``LengthGroupedSampler``.
+  Each chunk of 50 batches is sorted longest first and the chunks are not shuffled, so a mixed dataset
+  is seen as ~25-batch streaks of the long source followed by ~25 of the short one. That ordering, not
+  the data, produced a wrong published conclusion in this project (issue 12); use it only to reproduce
+  old runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+BATCH_ORDERS = ("random", "length_buckets", "group_by_length")
+MEGABATCH = 50  # batches sorted together; the same chunk size as transformers' LengthGroupedSampler
+
+
+def length_bucket_indices(lengths: list[int], batch_size: int, seed: int, megabatch: int = MEGABATCH) -> list[int]:
+    """Example indices in training order: consecutive ``batch_size`` slices are the batches.
+
+    Deterministic in ``seed``. Chunks are whole multiples of ``batch_size``, so only the dataset's last
+    chunk can leave a short batch; it goes last, so the slicing into batches never shifts.
+    """
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(lengths), generator=g).tolist()
+    chunk = megabatch * batch_size
+    batches: list[list[int]] = []
+    for start in range(0, len(perm), chunk):
+        part = sorted(perm[start:start + chunk], key=lambda i: lengths[i])
+        batches += [part[j:j + batch_size] for j in range(0, len(part), batch_size)]
+    full = [b for b in batches if len(b) == batch_size]
+    short = [b for b in batches if len(b) < batch_size]
+    order = torch.randperm(len(full), generator=g).tolist()
+    return [i for k in order for i in full[k]] + [i for b in short for i in b]
+
+
+class LengthBucketSampler:
+    """``torch.utils.data.Sampler`` for ``batch_order: length_buckets`` (see the module docstring).
+
+    The order depends only on ``seed`` and the epoch (``set_epoch``, called by the Trainer and
+    accelerate), not on global RNG state: a resumed run skips exactly the batches it already saw, and
+    every process of a multi-GPU launch computes the same order.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int):
+        self.lengths, self.batch_size, self.seed, self.epoch = list(lengths), batch_size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        return iter(length_bucket_indices(self.lengths, self.batch_size, self.seed * 1_000_003 + self.epoch))
+
+
+def dataset_lengths(dataset, column: str = "input_ids") -> list[int]:
+    """Token count of each row of a tokenized ``datasets.Dataset`` (read from Arrow, no Python lists of ids)."""
+    import pyarrow.compute as pc
+
+    col = dataset.with_format("arrow")[column]
+    return pc.list_value_length(col).to_pylist()
+
+
+def trainer_class(fast_loss: bool, batch_order: str):
+    import torch
+    from trl import SFTTrainer
+
+    class TracewiseSFTTrainer(SFTTrainer):
+        """SFTTrainer with ``batch_order: length_buckets`` and, if ``fast_loss``, the plain loss."""
+
+        def _get_train_sampler(self, train_dataset=None):
+            if batch_order != "length_buckets":
+                return super()._get_train_sampler(train_dataset)  # random / group_by_length: transformers' own
+            ds = train_dataset if train_dataset is not None else self.train_dataset
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            return LengthBucketSampler(dataset_lengths(ds), self.args.train_batch_size, seed)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if not fast_loss:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            labels = inputs["labels"]
+            model_inputs = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "position_ids")}
+            outputs = model(**model_inputs, use_cache=False)
+            logits = outputs.logits[:, :-1, :].float()
+            targets = labels[:, 1:]
+            loss_sum = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100, reduction="sum"
+            )
+            denom = num_items_in_batch if num_items_in_batch is not None else (targets != -100).sum()
+            loss = loss_sum / torch.as_tensor(denom, device=loss_sum.device).clamp(min=1)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * self.accelerator.num_processes
+            return (loss, outputs) if return_outputs else loss
+
+    return TracewiseSFTTrainer
+
+
+def check_report_to(names: list[str], where: str) -> None:
+    """``report_to`` names must be transformers integrations whose package is installed (checked before any output)."""
+    if not names:
+        return
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK, get_available_reporting_integrations
+
+    for name in names:
+        if name in ("none", "all"):
+            continue
+        if name not in INTEGRATION_TO_CALLBACK:
+            raise ValueError(f"{where}.report_to: unknown tracker {name!r}; known: {sorted(INTEGRATION_TO_CALLBACK)}")
+        if name not in get_available_reporting_integrations():
+            raise ValueError(f"{where}.report_to: {name!r} needs its Python package, which is not installed")
+
+
+def checkpoint_step(path: str | None) -> int:
+    """The optimizer step a ``checkpoint-N`` directory was saved at (0 for None or another name)."""
+    try:
+        return int(Path(path).name.rsplit("-", 1)[1]) if path else 0
+    except (IndexError, ValueError):
+        return 0
+
+
+def restore_final_checkpoint(trainer, checkpoint: str | None, max_steps: int) -> bool:
+    """Load ``checkpoint`` into ``trainer`` instead of training when it already holds ``max_steps`` steps.
+
+    A run killed after its last checkpoint but before DONE must not train on: transformers, resuming at
+    ``global_step == max_steps`` in mid-epoch, runs one more step before it checks ``max_steps`` (measured:
+    a 10-step run came back with 11). Under DeepSpeed the weights only load inside ``train()``, so that
+    case still resumes through it.
+    """
+    if checkpoint_step(checkpoint) < max_steps or trainer.is_deepspeed_enabled:
+        return False
+    from transformers.trainer_callback import TrainerState
+
+    trainer._load_from_checkpoint(checkpoint)
+    trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+    log.info("%s holds all %d steps: restored, nothing to train", checkpoint, max_steps)
+    return True
