@@ -202,7 +202,7 @@ def serve(
     api_key_env: str = typer.Option("", "--api-key-env", help="NAME of an env var whose key clients must send."),
     max_batch: int = typer.Option(64, "--max-batch", help="Most samples decoded together."),
     batch_wait_ms: float = typer.Option(50.0, "--batch-wait-ms", help="Most a request waits for the others expected to batch with it."),
-    threads: int = typer.Option(0, "--threads", help="torch CPU threads (0 = torch default)."),
+    threads: int = typer.Option(0, "--threads", help="torch CPU threads (0 = auto: free cores)."),
     log_level: str = typer.Option("INFO", "--log-level"),
 ) -> None:
     """OpenAI-compatible server (/v1/models, /v1/completions, /v1/chat/completions) for a local model."""

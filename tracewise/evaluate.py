@@ -8,7 +8,7 @@ bootstrap CIs (``tracewise.metrics``). Writes per-sample ``samples.jsonl`` and `
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tracewise.backends.base import Completion, Request, SamplingParams
@@ -20,6 +20,7 @@ from tracewise.problem_sources import ProblemsConfig, load_problems
 from tracewise.progress import progress_bar
 from tracewise.records import Problem, Sample
 from tracewise.store import AppendLog, is_done, mark_done, save_config, stage_dir
+from tracewise.threads import THREADS_HELP, use_threads
 from tracewise.tokens import THINK_CLOSE, n_tokens
 from tracewise.traces import parse_completion
 from tracewise.verify import VerifyResult, verify
@@ -52,7 +53,7 @@ class EvalConfig:
                                   factory=FewShotConfig)
     batch_size: int = doc("Generation batch size (rows decoded together).", 256, hash=False)
     n_boot: int = doc("Bootstrap resamples for the 95% CIs.", 1000)
-    threads: int = doc("torch CPU threads (0 = torch default).", 0, hash=False)
+    threads: int = doc(THREADS_HELP, 0, hash=False)
     trust_remote_code: bool = doc("Run Python code shipped with the model or tokenizer (HF auto_map); off unless you pass it.", False, hash=False)
     verify_workers: int = doc("math-verify worker processes (-1 = auto, 0 = in this process without a hard "
                               "time bound).", -1, hash=False)
@@ -129,8 +130,6 @@ def completion_to_sample(c: Completion, problem: Problem, experiment: str, bench
 
 def run(cfg: EvalConfig) -> Path:
     """Evaluate; resumable (finished samples are skipped); returns the run dir."""
-    import torch
-
     from tracewise.backends import get_backend
 
     cfg.validate()
@@ -142,8 +141,7 @@ def run(cfg: EvalConfig) -> Path:
     if is_done(run_dir):
         log.info("eval: %s is complete, nothing to do", run_dir)
         return run_dir
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    cfg = replace(cfg, threads=use_threads(cfg.threads))  # the number it ran with, in config.yaml
     # One control, or one per point of a budget sweep; a sweep's samples are keyed by control too.
     points = cfg.control.points
     sweep = bool(cfg.control.budgets)

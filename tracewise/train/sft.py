@@ -22,6 +22,7 @@ default, the merged model in ``model/``, so later stages load ``model/`` whateve
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ from pathlib import Path
 
 from tracewise.config import doc
 from tracewise.store import is_done, mark_done, save_config, stage_dir
+from tracewise.threads import THREADS_HELP, use_threads
 
 from tracewise.progress import trainer_progress_callback
 
@@ -88,7 +90,7 @@ class SFTRunConfig:
     trust_remote_code: bool = doc("Allow model code from the hub (some base models need it).", False)
     chat_template: str = doc("Chat template for a tokenizer without one (base models): a .jinja file or a "
                              "tokenizer path/id to copy it from; '' = the tokenizer's own.", "")
-    threads: int = doc("torch CPU threads (0 = torch default).", 0, hash=False)
+    threads: int = doc(THREADS_HELP, 0, hash=False)
 
     def validate(self) -> None:
         if not self.model:
@@ -265,8 +267,7 @@ def run(cfg: SFTRunConfig) -> Path:
     if is_done(run_dir):
         log.info("train sft: %s is complete, nothing to do", run_dir)
         return run_dir
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    cfg = dataclasses.replace(cfg, threads=use_threads(cfg.threads))  # the number it ran with, in config.yaml
     dataset = _load_dataset(cfg.dataset)
     try:
         tokenizer = AutoTokenizer.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
