@@ -15,6 +15,7 @@ from tracewise.backends.base import Completion, Request, SamplingParams
 from tracewise.config import doc
 from tracewise.controls import ControlConfig, check_backend_for, control_sweep, run_control
 from tracewise.few_shot import FewShotConfig, few_shot_messages
+from tracewise.fingerprint import model_input
 from tracewise.metrics import summarize, write_summary
 from tracewise.problem_sources import ProblemsConfig, load_problems
 from tracewise.progress import progress_bar
@@ -135,7 +136,7 @@ def run(cfg: EvalConfig) -> Path:
     cfg.validate()
     problems = load_problems(cfg.problems)
     exemplars = cfg.few_shot.exemplars()
-    inputs = [*cfg.problems.input_files(), *([cfg.model] if Path(cfg.model).exists() else []),
+    inputs = [*cfg.problems.input_files(), *model_input(cfg.model),
               *([cfg.few_shot.path] if cfg.few_shot.k else [])]
     run_dir = stage_dir(cfg.out, "eval", cfg, inputs=inputs)
     if is_done(run_dir):

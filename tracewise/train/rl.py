@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from tracewise.config import doc
+from tracewise.fingerprint import model_input
 from tracewise.problem_sources import ProblemsConfig, load_problems
 from tracewise.store import is_done, mark_done, save_config, stage_dir
 from tracewise.threads import THREADS_HELP, use_threads
@@ -326,7 +327,7 @@ def run(cfg: RLRunConfig, callbacks: list | None = None) -> Path:
 
     cfg.validate()
     model_path = resolve_model(cfg.model)
-    inputs = [p for p in (model_path,) if Path(p).exists()] + cfg.problems.input_files()
+    inputs = [*model_input(model_path), *cfg.problems.input_files()]
     run_dir = stage_dir(cfg.out, "rl", cfg, inputs=inputs)
     if is_done(run_dir):
         done = _done_steps(run_dir)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tracewise.config import doc
+from tracewise.fingerprint import model_input
 from tracewise.store import is_done, mark_done, save_config, stage_dir
 from tracewise.threads import THREADS_HELP, use_threads
 
@@ -263,7 +264,7 @@ def run(cfg: SFTRunConfig) -> Path:
     n_procs, main = world_size(), is_main_process()
     grad_accum = grad_accum_for(cfg, n_procs)
     run_dir = stage_dir(cfg.out, "sft", cfg,
-                        inputs=[p for p in (cfg.model, cfg.dataset, cfg.chat_template) if p and Path(p).exists()])
+                        inputs=[*model_input(cfg.model), cfg.dataset, *model_input(cfg.chat_template)])
     if is_done(run_dir):
         log.info("train sft: %s is complete, nothing to do", run_dir)
         return run_dir
