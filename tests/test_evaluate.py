@@ -78,3 +78,94 @@ def test_eval_with_budget_forcing_caps_thinking(tmp_path, student_path):
     assert read_summary(run_dir / "summary.json")[0]["experiment"] == "tiny [budget_force@5]"
     with pytest.raises(ValueError, match="budget"):
         run(_cfg(tmp_path, student_path, control=ControlConfig(name="budget_force", budget=0)))
+
+
+def _bench_files(tmp_path, monkeypatch):
+    """Tiny stand-ins for gsm8k and aime24 (TRACEWISE_DATA) and a benchmark given as a JSONL file."""
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = {"gsm8k_test.jsonl": [("g0", "Ann has 2 pens and gets 3. How many?", "5"), ("g1", "1+1?", "2"),
+                                 ("g2", "4-1?", "3")],
+            "aime2024.jsonl": [("a0", "2+2?", "4"), ("a1", "3+3?", "6")]}
+    for name, problems in rows.items():
+        (data / name).write_text("".join(json.dumps({"id": i, "problem": q, "answer": a}) + "\n" for i, q, a in problems))
+    extra = tmp_path / "extra.jsonl"
+    extra.write_text('{"id": "e0", "question": "5+1?", "answer": "6"}\n{"id": "e1", "question": "7-5?", "answer": "2"}\n')
+    monkeypatch.setenv("TRACEWISE_DATA", str(data))
+    return str(extra)
+
+
+def test_eval_several_benchmarks_in_one_command(tmp_path, student_path, monkeypatch):
+    """`eval --benchmark a,b,c`: one run dir and one summary row per benchmark; finished benchmarks are
+    reused (also from a plain single-benchmark eval), the model is loaded once for the rest."""
+    from typer.testing import CliRunner
+
+    import tracewise.backends as backends
+    import tracewise.evaluate as ev
+    from tracewise.cli import app
+
+    extra = _bench_files(tmp_path, monkeypatch)
+    out = tmp_path / "out"
+    common = [f"model={student_path}", f"out={out}", "experiment=tiny", "sampling.n=2", "sampling.max_tokens=8",
+              "n_boot=10", "threads=1", "verify_workers=0"]
+    loads = []
+    real_get = backends.get_backend
+    monkeypatch.setattr(backends, "get_backend", lambda *a, **k: loads.append(a[0]) or real_get(*a, **k))
+    runner = CliRunner()
+
+    # The README's one-benchmark-at-a-time form first.
+    res = runner.invoke(app, ["eval", *common, "problems.source=gsm8k", "benchmark=gsm8k"])
+    assert res.exit_code == 0, res.output
+    (gsm_dir,) = out.glob("eval-*")
+    gsm_done = (gsm_dir / "DONE").stat().st_mtime_ns
+
+    # A run of the set that dies on its second benchmark, after the first is reused...
+    real_run_one = ev._run_one
+
+    def dies_on_aime(cfg, problems, shared):
+        if cfg.benchmark == "aime24":
+            raise KeyboardInterrupt
+        return real_run_one(cfg, problems, shared)
+
+    monkeypatch.setattr(ev, "_run_one", dies_on_aime)
+    res = runner.invoke(app, ["eval", "--benchmark", f"gsm8k,aime24,{extra}", *common])
+    assert res.exit_code != 0 and not list(out.glob("benchmarks-*"))
+    monkeypatch.setattr(ev, "_run_one", real_run_one)
+    loads.clear()
+
+    # ... and its rerun: finishes the other two with one model load.
+    res = runner.invoke(app, ["eval", "--benchmark", f"gsm8k,aime24,{extra}", *common])
+    assert res.exit_code == 0, res.output
+    assert loads == ["hf"]
+    assert (gsm_dir / "DONE").stat().st_mtime_ns == gsm_done  # not redone
+    (set_dir,) = out.glob("benchmarks-*")
+    rows = read_summary(set_dir / "summary.json")
+    assert [(r["benchmark"], r["n"], r["experiment"]) for r in rows] == [("gsm8k", 3, "tiny"), ("aime24", 2, "tiny"),
+                                                                        ("extra", 2, "tiny")]
+    runs = json.loads((set_dir / "runs.json").read_text())
+    assert list(runs) == ["gsm8k", "aime24", "extra"] and runs["gsm8k"] == gsm_dir.name
+    assert len(list(out.glob("eval-*"))) == 3
+    for row in rows:  # each row is its run dir's own summary
+        assert read_summary(out / runs[row["benchmark"]] / "summary.json") == [row]
+        samples = read_records(out / runs[row["benchmark"]] / "samples.jsonl", Sample)
+        assert len(samples) == row["n"] * 2 and {s.benchmark for s in samples} == {row["benchmark"]}
+
+    # Everything finished: a rerun loads no model and changes nothing.
+    loads.clear()
+    done = {p: p.stat().st_mtime_ns for p in out.glob("*/DONE")}
+    res = runner.invoke(app, ["eval", "--benchmark", f"gsm8k,aime24,{extra}", *common])
+    assert res.exit_code == 0 and loads == [] and {p: p.stat().st_mtime_ns for p in out.glob("*/DONE")} == done
+
+
+def test_eval_benchmarks_bad_name_is_exit_2_with_no_output(tmp_path, student_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from tracewise.cli import app
+
+    _bench_files(tmp_path, monkeypatch)
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, ["eval", "--benchmark", "gsm8k,gsm8kk", f"model={student_path}", f"out={out}"])
+    assert res.exit_code == 2 and "gsm8kk" in res.output and "neither a benchmark" in res.output
+    res = CliRunner().invoke(app, ["eval", "--benchmark", "gsm8k,gsm8k", f"model={student_path}", f"out={out}"])
+    assert res.exit_code == 2 and "twice" in res.output
+    assert not out.exists() or not any(out.iterdir())

@@ -1,8 +1,8 @@
 """Kill -9 at random moments, rerun the same command: the artifacts equal an uninterrupted run's.
 
-Every pipeline stage (generate with the embedded and the hf backend, verify, curate, train sft,
-train rl, eval) runs as the real CLI command in a child process, is SIGKILLed after a random
-fraction of its uninterrupted run time, and is rerun until it finishes. Then:
+Every pipeline stage (generate with the embedded, the hf and the openai backend, verify, curate,
+train sft, train rl, eval) runs as the real CLI command in a child process, is SIGKILLed after a
+random fraction of its uninterrupted run time, and is rerun until it finishes. Then:
 
 * record stages: every file of the run directory is byte-identical to the uninterrupted run's
   (so no record is duplicated, lost or changed);
@@ -14,6 +14,10 @@ After a kill, the append log's last line is also cut at a random byte (what a ki
 of a multi-syscall write, or a power cut, leaves behind), so torn-line recovery is exercised on
 every seed rather than only when the kill happens to land inside ``write()``.
 
+The openai backend runs against a local OpenAI-compatible server (``tests/fault_server.py``) that
+answers a chosen number of requests and then holds the rest: the child has exactly that many records
+on disk when it is killed, however fast or loaded the machine is.
+
 Speed: children are forked from one warm server that has already imported torch, transformers,
 TRL and tracewise, so a kill/rerun costs the stage's own work, not 10 s of imports. The default
 suite runs one seed per stage; ``-m slow`` runs more seeds with more kills each.
@@ -21,6 +25,7 @@ suite runs one seed per stage; ``-m slow`` runs more seeds with more kills each.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
@@ -33,6 +38,7 @@ import time
 from pathlib import Path
 
 import pytest
+from fault_server import FaultServer
 
 SERVER = textwrap.dedent(
     """
@@ -140,7 +146,38 @@ def server(tmp_path_factory):
     s.close()
 
 
-STAGE_ORDER = ["generate", "generate_hf", "verify", "curate", "sft", "rl", "eval"]
+class GatedServer(FaultServer):
+    """An OpenAI-compatible server that, after ``hold_after(n)``, answers n completions and holds every
+    later one until ``release()``: a client generating through it stalls with exactly n answers."""
+
+    def __init__(self) -> None:
+        super().__init__(model="gated-model")
+        self.allow: int | None = None
+        self.answered = 0
+
+    def hold_after(self, n: int) -> None:
+        self.answered, self.allow = 0, n
+
+    def release(self) -> None:
+        self.allow = None
+
+    async def _respond(self, method: str, path: str, headers: dict, raw: bytes, writer) -> bool:
+        if method == "POST" and path.endswith("/completions"):
+            while self.allow is not None and self.answered >= self.allow:
+                await asyncio.sleep(0.005)
+            self.answered += 1  # no await between the check and this: one event loop, no race
+        return await super()._respond(method, path, headers, raw, writer)
+
+
+@pytest.fixture(scope="module")
+def openai_server():
+    with GatedServer() as s:
+        _ENDPOINT["url"] = s.url
+        yield s
+
+
+_ENDPOINT: dict[str, str] = {}
+STAGE_ORDER = ["generate", "generate_hf", "generate_openai", "verify", "curate", "sft", "rl", "eval"]
 TRAINING = {"sft", "rl"}
 
 
@@ -153,6 +190,10 @@ def _argv(stage: str, out: Path, student: str, dirs: dict[str, Path]) -> list[st
     if stage == "generate_hf":
         return ["generate", f"out={out}", f"tokenizer={student}", "backend=hf", f"model={student}", "name=tiny",
                 *world, "problems.limit=24", "sampling.max_tokens=24", "sampling.temperature=1.0", "batch_size=4"]
+    if stage == "generate_openai":
+        return ["generate", f"out={out}", f"tokenizer={student}", "backend=openai", "model=gated-model",
+                "name=served", *world, "problems.limit=24", "sampling.n=2", f"openai.base_url={_ENDPOINT['url']}",
+                "openai.api_key_env=TW_KILL_TEST_KEY", "openai.concurrency=16"]
     if stage == "verify":
         return ["verify", f"out={out}", f"generations=[{dirs['generate']},{dirs['generate_gptoss']}]",
                 "verify_workers=1"]
@@ -175,13 +216,14 @@ def _argv(stage: str, out: Path, student: str, dirs: dict[str, Path]) -> list[st
 
 
 @pytest.fixture(scope="module")
-def chain(server, student_path, tmp_path_factory):
+def chain(server, student_path, tmp_path_factory, openai_server):
     """Every stage once, uninterrupted, in pipeline order: the references (and each stage's input)."""
     server.wait_ready()
     out = tmp_path_factory.mktemp("runs")
     dirs: dict[str, Path] = {}
     secs: dict[str, float] = {}
-    for stage in ["generate", "generate_gptoss", "generate_hf", "verify", "curate", "sft", "rl", "eval"]:
+    for stage in ["generate", "generate_gptoss", "generate_hf", "generate_openai", "verify", "curate", "sft", "rl",
+                  "eval"]:
         before = set(out.iterdir())
         code, secs[stage], log = server.run(_argv(stage, out, student_path, dirs))
         assert code == 0, log.read_text()[-3000:]
@@ -192,7 +234,8 @@ def chain(server, student_path, tmp_path_factory):
 
 def _progress_trigger(stage: str, run_dir: Path, ref: Path, rng: random.Random):
     """A predicate that turns true once the stage is a random part of the way through its work."""
-    logs = {"generate": "traces", "generate_hf": "traces", "verify": "verdicts", "eval": "samples"}
+    logs = {"generate": "traces", "generate_hf": "traces", "generate_openai": "traces", "verify": "verdicts",
+            "eval": "samples"}
     if stage in logs:
         name = logs[stage]
         total = (ref / f"{name}.jsonl").read_bytes().count(b"\n")
@@ -207,6 +250,7 @@ def _progress_trigger(stage: str, run_dir: Path, ref: Path, rng: random.Random):
                 return partial.read_bytes().count(b"\n") >= target
             except FileNotFoundError:
                 return False
+        records_written.target, records_written.new_records = target, target - have  # for a gated server
         return records_written
     if stage in TRAINING:
         steps = json.loads((ref / "DONE").read_text())["steps"]
@@ -271,7 +315,8 @@ def _assert_same_training(ref: Path, got: Path, stage: str) -> None:
     assert torch.is_tensor(next(iter(wa.values())))
 
 
-def kill_and_resume(server, chain, student: str, stage: str, seed: int, kills: int) -> None:
+def kill_and_resume(server, chain, student: str, stage: str, seed: int, kills: int,
+                    gate: GatedServer | None = None) -> None:
     out, dirs, secs = chain
     ref = dirs[stage]
     saved = out.parent / f"ref-{stage}-{seed}"
@@ -284,7 +329,15 @@ def kill_and_resume(server, chain, student: str, stage: str, seed: int, kills: i
             # Alternate: kill once the stage has made a random amount of progress (records written,
             # checkpoints saved), then at a random moment of its run time (startup and saving included).
             trigger = _progress_trigger(stage, ref, saved, rng) if i % 2 == 0 else None
-            if trigger is not None:
+            if trigger is not None and gate is not None:
+                gate.hold_after(trigger.new_records)  # the child stalls with exactly `target` records on disk
+                try:
+                    code, _secs, log = server.run(argv, kill_when=trigger)
+                finally:
+                    gate.release()
+                assert code is None, "the gated child cannot finish: it must have been killed"
+                assert (ref / "traces.partial.jsonl").read_bytes().count(b"\n") == trigger.target
+            elif trigger is not None:
                 code, _secs, log = server.run(argv, kill_when=trigger)
             else:
                 code, _secs, log = server.run(argv, kill_after=rng.uniform(0.1, 0.9) * secs[stage])
@@ -310,12 +363,14 @@ def kill_and_resume(server, chain, student: str, stage: str, seed: int, kills: i
 
 
 @pytest.mark.parametrize("stage", STAGE_ORDER)
-def test_kill_and_resume(server, chain, student_path, stage) -> None:
-    kill_and_resume(server, chain, student_path, stage, seed=0, kills=1)  # a progress-triggered kill (time-based for curate)
+def test_kill_and_resume(server, chain, student_path, stage, openai_server) -> None:
+    gate = openai_server if stage == "generate_openai" else None
+    kill_and_resume(server, chain, student_path, stage, seed=0, kills=1, gate=gate)  # a progress-triggered kill (time-based for curate)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2, 3, 4])
 @pytest.mark.parametrize("stage", STAGE_ORDER)
-def test_kill_and_resume_more_seeds(server, chain, student_path, stage, seed) -> None:
-    kill_and_resume(server, chain, student_path, stage, seed=seed, kills=4)
+def test_kill_and_resume_more_seeds(server, chain, student_path, stage, seed, openai_server) -> None:
+    gate = openai_server if stage == "generate_openai" else None
+    kill_and_resume(server, chain, student_path, stage, seed=seed, kills=4, gate=gate)

@@ -8,9 +8,11 @@ the ``slow`` test at the bottom.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import time
+from collections import Counter
 
 import pytest
 
@@ -83,6 +85,54 @@ def test_rerun_is_a_noop(quickstart_run):
     quickstart.run(tiny_config(str(out)))
     assert time.time() - t < max(20.0, first / 3)
     assert {p: p.stat().st_mtime for p in out.glob("*/DONE")} == before
+
+
+# Files whose bytes legitimately differ between two runs of the same config: the thread count a run
+# was given (config.yaml), wall times, and trainer files that store the output path or the runtime.
+NOT_RECORDS = {"config.yaml", "timings.json", "training_args.bin", "log_history.json"}
+
+
+def record_digests(out) -> Counter:
+    """(stage, path inside the run dir, sha256) for every result file under ``out``: the run dirs' hash
+    suffixes are dropped (they contain the absolute input paths, which differ between two out dirs)."""
+    found: Counter = Counter()
+    for p in sorted(q for q in out.rglob("*") if q.is_file()):
+        rel = p.relative_to(out)
+        if p.name in NOT_RECORDS or "checkpoints" in rel.parts:
+            continue
+        stage = rel.parts[0].rsplit("-", 1)[0] if len(rel.parts) > 1 else ""
+        found[(stage, "/".join(rel.parts[1:] if stage else rel.parts), hashlib.sha256(p.read_bytes()).hexdigest())] += 1
+    return found
+
+
+def losses(out) -> list:
+    return sorted(json.dumps([{k: v for k, v in h.items() if "runtime" not in k and "per_second" not in k}
+                              for h in json.loads(p.read_text())]) for p in out.glob("sft-*/log_history.json"))
+
+
+@pytest.mark.slow
+def test_pipeline_from_scratch_is_byte_identical_with_1_and_2_threads(tmp_path):
+    """The tiny pipeline, run twice into two empty dirs: once on 1 thread with students trained one
+    after the other, once on 2 threads with students trained in 2 processes. Every record, model,
+    summary and the report must be byte-identical (tracewise.threads explains why they can be)."""
+    import yaml
+
+    base = {"world": {"n_train": 60, "n_test": 4, "levels": [1]},
+            "student": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64, "vocab_size": 300},
+            "pretrain_steps": 10, "train": {"max_steps": 10, "batch_size": 8, "learning_rate": 5e-3, "logging_steps": 5},
+            "eval_samples": 2, "eval_temperature": 0.6, "eval_max_tokens": 60}
+    one, two = tmp_path / "one", tmp_path / "two"
+    quickstart.run(build(quickstart.QuickstartConfig, {**base, "out": str(one), "threads": 1, "parallel": 1}))
+    quickstart.run(build(quickstart.QuickstartConfig, {**base, "out": str(two), "threads": 2, "parallel": 2}))
+    a, b = record_digests(one), record_digests(two)
+    assert {k[1] for k in a} >= {"summary.json", "report.md", "samples.jsonl", "traces.jsonl", "verdicts.jsonl",
+                                 "model/model.safetensors"}
+    assert a == b, f"differ: {sorted(set(a) ^ set(b))}"
+    assert losses(one) == losses(two)
+    # The thread counts really differed (pretraining and eval ran with 1 and with 2).
+    for out, n in ((one, 1), (two, 2)):
+        for stage in ("student", "eval"):
+            assert {yaml.safe_load(c.read_text())["threads"] for c in out.glob(f"{stage}-*/config.yaml")} == {n}
 
 
 @pytest.mark.slow

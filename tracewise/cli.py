@@ -176,16 +176,21 @@ def _eval(
                                          "(= control.budgets; budget_force unless --control says otherwise)."),
     control: Optional[str] = typer.Option(None, "--control", help="Test-time control (= control.name): "
                                           "none, budget_force, truncate, wait_extend, think_free."),
+    benchmark: Optional[str] = typer.Option(None, "--benchmark", help="Benchmarks to evaluate on, e.g. "
+                                            "gsm8k,math500,aime24 or JSONL files (= benchmarks): one resumable run "
+                                            "dir and one summary row each."),
     print_config: bool = typer.Option(False, "--print-config", help="Print the resolved config and exit."),
     log_level: str = typer.Option("INFO", "--log-level", help="Logging level."),
 ) -> None:
     setup_logging(log_level)
     shortcuts = [f"control.budgets={budget}"] * (budget is not None) + [f"control.name={control}"] * bool(control)
+    shortcuts += [f"benchmarks={benchmark}"] * bool(benchmark)
     run_stage("eval", config, shortcuts + list(overrides or []), show=print_config)
 
 
 _register(app, "eval", "eval", "Sample a model on held-out problems: pass@k, maj@k, tokens, CIs "
-          "(test-time controls: --control, budget sweeps: --budget 16,32,64).", command=_eval)
+          "(several benchmarks: --benchmark gsm8k,math500,aime24; test-time controls: --control, budget sweeps: "
+          "--budget 16,32,64).", command=_eval)
 _register(app, "report", "report", "Write report.md / report.html / summary.json from eval results.")
 # `train rl` and `study ...` commands: one _register line each, beside their STAGES entry above.
 _register(study_app, "controls", "controls-study", "Test-time controls vs trained students: budget sweeps per "
@@ -210,7 +215,7 @@ def serve(
     api_key_env: str = typer.Option("", "--api-key-env", help="NAME of an env var whose key clients must send."),
     max_batch: int = typer.Option(64, "--max-batch", help="Most samples decoded together."),
     batch_wait_ms: float = typer.Option(50.0, "--batch-wait-ms", help="Most a request waits for the others expected to batch with it."),
-    threads: int = typer.Option(0, "--threads", help="torch CPU threads (0 = torch default)."),
+    threads: int = typer.Option(0, "--threads", help="torch CPU threads (0 = auto: free cores)."),
     log_level: str = typer.Option("INFO", "--log-level"),
 ) -> None:
     """OpenAI-compatible server (/v1/models, /v1/completions, /v1/chat/completions) for a local model."""

@@ -3,23 +3,31 @@
 n samples per problem (default 8 at temperature 0.6), each verified with math-verify; unbiased
 pass@k, maj@k, mean generated tokens split into thinking and answer, accuracy per 1k tokens, and
 bootstrap CIs (``tracewise.metrics``). Writes per-sample ``samples.jsonl`` and ``summary.json``.
+
+Several benchmarks in one command (``benchmarks=[gsm8k,math500,aime24]``, CLI ``--benchmark a,b,c``,
+like lm-eval's ``--tasks``): one ordinary, resumable eval run dir per benchmark - the same dir as
+``problems.source=B benchmark=B`` alone - sharing one loaded model, and their rows (one per
+benchmark) collected in ``<out>/benchmarks-<hash>/summary.json``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tracewise.backends.base import Completion, Request, SamplingParams
 from tracewise.config import doc
 from tracewise.controls import ControlConfig, check_backend_for, control_sweep, run_control
 from tracewise.few_shot import FewShotConfig, few_shot_messages
-from tracewise.metrics import summarize, write_summary
+from tracewise.fingerprint import model_input
+from tracewise.metrics import read_summary, summarize, write_summary
 from tracewise.problem_sources import ProblemsConfig, load_problems
 from tracewise.progress import progress_bar
 from tracewise.records import Problem, Sample
 from tracewise.store import AppendLog, is_done, mark_done, save_config, stage_dir
+from tracewise.threads import THREADS_HELP, use_threads
 from tracewise.tokens import THINK_CLOSE, n_tokens
 from tracewise.traces import parse_completion
 from tracewise.verify import VerifyResult, verify
@@ -41,6 +49,11 @@ class EvalConfig:
     model: str = doc("Model path or id to evaluate.", "")
     backend: str = doc("Backend name ('hf').", "hf")
     benchmark: str = doc("Benchmark label in summary.json (default: 'world' or the problem file's stem).", "")
+    benchmarks: list[str] = doc("Evaluate on each of these in turn (CLI: --benchmark gsm8k,math500,aime24): benchmark "
+                                "names or JSONL files, each run as problems.source=B benchmark=B in its own resumable "
+                                "run dir; the rows are collected in <out>/benchmarks-<hash>/summary.json "
+                                "(runs.json: benchmark -> run dir).",
+                                factory=list, hash=False)
     problems: ProblemsConfig = doc("Which problems to evaluate on (default: the world's test split).", factory=_test_problems)
     sampling: SamplingParams = doc(
         "Samples per problem, temperature, max new tokens, seed.",
@@ -52,7 +65,7 @@ class EvalConfig:
                                   factory=FewShotConfig)
     batch_size: int = doc("Generation batch size (rows decoded together).", 256, hash=False)
     n_boot: int = doc("Bootstrap resamples for the 95% CIs.", 1000)
-    threads: int = doc("torch CPU threads (0 = torch default).", 0, hash=False)
+    threads: int = doc(THREADS_HELP, 0, hash=False)
     trust_remote_code: bool = doc("Run Python code shipped with the model or tokenizer (HF auto_map); off unless you pass it.", False, hash=False)
     verify_workers: int = doc("math-verify worker processes (-1 = auto, 0 = in this process without a hard "
                               "time bound).", -1, hash=False)
@@ -87,10 +100,47 @@ class EvalConfig:
                     raise ValueError(f"eval.control: min_thinking {m} must be below sampling.max_tokens "
                                      f"({self.sampling.max_tokens})")
         self.few_shot.validate()
+        if self.benchmarks:
+            self._validate_benchmarks()
+
+    def _validate_benchmarks(self) -> None:
+        from tracewise.benchmarks import BENCHMARKS
+
+        if self.benchmark:
+            raise ValueError(f"eval: set benchmark (one label) or benchmarks (several), not both "
+                             f"(benchmark={self.benchmark!r}, benchmarks={self.benchmarks})")
+        labels = [source_label(b) for b in self.benchmarks]
+        if len(set(labels)) < len(labels):
+            raise ValueError(f"eval.benchmarks: {self.benchmarks} names a benchmark twice (labels {labels})")
+        for b in self.benchmarks:
+            if b != "world" and b not in BENCHMARKS and not Path(b).is_file():
+                raise ValueError(f"eval.benchmarks: {b!r} is neither a benchmark ({', '.join(sorted(BENCHMARKS))}, "
+                                 f"world) nor a JSONL file")
+
+    def per_benchmark(self) -> list[EvalConfig]:
+        """One single-benchmark config per entry of ``benchmarks`` (the config itself when there are none)."""
+        if not self.benchmarks:
+            return [self]
+        return [replace(self, benchmarks=[], benchmark=source_label(b), problems=self._problems_for(b))
+                for b in self.benchmarks]
+
+    def _problems_for(self, source: str) -> ProblemsConfig:
+        # What `problems.source=B` on the command line builds (split only matters for the world), so a
+        # benchmark of the set finds the run dir of a one-benchmark `eval problems.source=B benchmark=B`.
+        if source == "world":
+            return replace(self.problems, source=source)
+        return ProblemsConfig(source=source, limit=self.problems.limit)
 
     @property
     def benchmark_label(self) -> str:
         return self.benchmark or ("world" if self.problems.source == "world" else Path(self.problems.source).stem)
+
+
+def source_label(source: str) -> str:
+    """A benchmark's label in summaries: its name, or a problem file's stem."""
+    from tracewise.benchmarks import BENCHMARKS
+
+    return source if source == "world" or source in BENCHMARKS else Path(source).stem
 
 
 def completion_to_sample(c: Completion, problem: Problem, experiment: str, benchmark: str, tokenizer,
@@ -128,22 +178,48 @@ def completion_to_sample(c: Completion, problem: Problem, experiment: str, bench
 
 
 def run(cfg: EvalConfig) -> Path:
-    """Evaluate; resumable (finished samples are skipped); returns the run dir."""
-    import torch
+    """Evaluate; resumable (finished samples are skipped); returns the run dir (with ``benchmarks``:
+    the ``benchmarks-<hash>`` dir whose ``summary.json`` has one row per benchmark)."""
+    cfg.validate()
+    if cfg.benchmarks:
+        return run_benchmarks(cfg)
+    return _run_one(cfg, load_problems(cfg.problems), {})
 
+
+def run_benchmarks(cfg: EvalConfig) -> Path:
+    """``cfg`` on each of ``cfg.benchmarks``: every benchmark is read (and its golds checked) before the
+    first one runs; the model is loaded once, and only if some benchmark is not finished yet."""
+    cfg.validate()
+    subs = cfg.per_benchmark()
+    problems = [load_problems(s.problems) for s in subs]
+    shared: dict = {}
+    dirs = [_run_one(s, p, shared) for s, p in zip(subs, problems)]
+    set_dir = stage_dir(cfg.out, "benchmarks", {"runs": [d.name for d in dirs]})
+    for s, d in zip(subs, dirs):
+        for row in read_summary(d / "summary.json"):
+            log.info("eval %s: pass@1 %.3f pass@8 %.3f mean tokens %.1f (%s)", s.benchmark, row["pass@1"],
+                     row["pass@8"], row["mean_tokens"], d)
+    if not is_done(set_dir):
+        set_dir.mkdir(parents=True, exist_ok=True)
+        write_summary(set_dir / "summary.json", [row for d in dirs for row in read_summary(d / "summary.json")])
+        names = {s.benchmark: d.name for s, d in zip(subs, dirs)}
+        (set_dir / "runs.json").write_text(json.dumps(names, indent=1) + "\n")
+        mark_done(set_dir, {"benchmarks": [s.benchmark for s in subs], "runs": [d.name for d in dirs]})
+    return set_dir
+
+
+def _run_one(cfg: EvalConfig, problems: list[Problem], shared: dict) -> Path:
+    """One benchmark; ``shared`` keeps the backend (one loaded model) for the next benchmark."""
     from tracewise.backends import get_backend
 
-    cfg.validate()
-    problems = load_problems(cfg.problems)
     exemplars = cfg.few_shot.exemplars()
-    inputs = [*cfg.problems.input_files(), *([cfg.model] if Path(cfg.model).exists() else []),
+    inputs = [*cfg.problems.input_files(), *model_input(cfg.model),
               *([cfg.few_shot.path] if cfg.few_shot.k else [])]
     run_dir = stage_dir(cfg.out, "eval", cfg, inputs=inputs)
     if is_done(run_dir):
         log.info("eval: %s is complete, nothing to do", run_dir)
         return run_dir
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    cfg = replace(cfg, threads=use_threads(cfg.threads))  # the number it ran with, in config.yaml
     # One control, or one per point of a budget sweep; a sweep's samples are keyed by control too.
     points = cfg.control.points
     sweep = bool(cfg.control.budgets)
@@ -153,8 +229,10 @@ def run(cfg: EvalConfig) -> Path:
 
     by_id = {p.id: p for p in problems}
     messages = {p.id: few_shot_messages(p.question, exemplars, cfg.few_shot.k) for p in problems}
-    backend = get_backend(cfg.backend, model=cfg.model, batch_size=cfg.batch_size,
-                          trust_remote_code=cfg.trust_remote_code)
+    if "backend" not in shared:
+        shared["backend"] = get_backend(cfg.backend, model=cfg.model, batch_size=cfg.batch_size,
+                                        trust_remote_code=cfg.trust_remote_code)
+    backend = shared["backend"]
     check_backend_for(cfg.control, backend)
     save_config(run_dir, cfg)
     store = AppendLog(run_dir / "samples.partial.jsonl", Sample, key=lambda s: key(s.control, s.problem_id, s.sample_idx))

@@ -18,6 +18,7 @@ from tracewise.backends.base import Completion, Request, SamplingParams
 from tracewise.backends.openai_http import FAILED, OpenAIConfig
 from tracewise.backends.vllm import VLLMConfig
 from tracewise.config import doc
+from tracewise.fingerprint import model_input
 from tracewise.problem_sources import ProblemsConfig, load_problems
 from tracewise.progress import progress_bar
 from tracewise.records import Problem, Trace, write_records
@@ -126,7 +127,7 @@ def run(cfg: GenerateConfig) -> Path:
     """Generate traces; resumable; returns the run directory (``problems.jsonl``, ``traces.jsonl``)."""
     cfg.validate()
     problems = load_problems(cfg.problems)
-    run_dir = stage_dir(cfg.out, "generate", cfg, inputs=[*cfg.problems.input_files(), *_local(cfg.tokenizer)])
+    run_dir = stage_dir(cfg.out, "generate", cfg, inputs=_inputs(cfg))
     if is_done(run_dir) and not (cfg.retry_failed and _reopen_for_retry(run_dir)):
         log.info("generate: %s is complete, nothing to do", run_dir)
         return run_dir
@@ -157,8 +158,13 @@ def run(cfg: GenerateConfig) -> Path:
     return run_dir
 
 
-def _local(path: str) -> list[str]:
-    return [path] if path and Path(path).exists() else []
+def _inputs(cfg: GenerateConfig) -> list:
+    """What the traces depend on besides the config: the problems, the tokenizer and, for a model the
+    backend loads itself (hf, vllm), the model's content (tracewise.fingerprint). An 'openai' endpoint's
+    model is known only by its name (in the config)."""
+    local_models = ("hf", "vllm")
+    return [*cfg.problems.input_files(), *model_input(cfg.tokenizer),
+            *(model_input(cfg.model) if cfg.backend in local_models else [])]
 
 
 def _pending_requests(problems: list[Problem], cfg: GenerateConfig, store: AppendLog, skip=()) -> list[Request]:

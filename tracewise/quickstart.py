@@ -22,6 +22,7 @@ from tracewise.backends.base import SamplingParams
 from tracewise.config import doc
 from tracewise.problem_sources import ProblemsConfig
 from tracewise.progress import console, progress_bar
+from tracewise.threads import THREADS_HELP, resolve_threads
 from tracewise.train import sft
 from tracewise.world import init_stage
 from tracewise.world.judge import JudgeConfig
@@ -66,7 +67,8 @@ class QuickstartConfig:
     eval_samples: int = doc("Samples per test problem (pass@k uses k <= this).", 8)
     eval_temperature: float = doc("Sampling temperature at evaluation.", 0.6)
     eval_max_tokens: int = doc("Max new tokens per evaluation sample.", 400)
-    parallel: int = doc("Students trained at once (separate processes, 1 torch thread each).", 2)
+    parallel: int = doc("Students trained at once (separate processes, threads/parallel torch threads each).", 2)
+    threads: int = doc(THREADS_HELP, 0)
     seed: int = doc("Seed for generation, training and sampling.", 0)
 
     def validate(self) -> None:
@@ -86,14 +88,17 @@ def _train_one(cfg: sft.SFTRunConfig) -> str:
     return str(sft.run(cfg))
 
 
-def _train_all(cfgs: list[sft.SFTRunConfig], parallel: int) -> list[Path]:
+def _train_all(cfgs: list[sft.SFTRunConfig], parallel: int, threads: int | None = None) -> list[Path]:
+    """Train ``cfgs``, ``parallel`` at a time; ``threads`` (None: each config's own, 1 per child process)
+    are shared among the processes. Results do not depend on the split (tracewise.threads)."""
     if parallel == 1 or len(cfgs) == 1:
-        return [sft.run(c) for c in cfgs]
+        return [sft.run(c if threads is None else replace(c, threads=threads)) for c in cfgs]
+    per_child = 1 if threads is None else max(1, threads // min(parallel, len(cfgs)))
     ctx = multiprocessing.get_context("spawn")
     results: dict[int, Path] = {}
     with progress_bar("train students", len(cfgs)) as advance:
         with cf.ProcessPoolExecutor(max_workers=parallel, mp_context=ctx) as pool:
-            futures = {pool.submit(_train_one, replace(c, threads=1)): i for i, c in enumerate(cfgs)}
+            futures = {pool.submit(_train_one, replace(c, threads=per_child)): i for i, c in enumerate(cfgs)}
             for fut in cf.as_completed(futures):
                 results[futures[fut]] = Path(fut.result())
                 log.info("trained %s", cfgs[futures[fut]].experiment)
@@ -114,8 +119,9 @@ def run(cfg: QuickstartConfig) -> Path:
         timings[name] = round(time.time() - t0, 2)
         t0 = time.time()
 
+    threads = resolve_threads(cfg.threads)  # once, so every stage of this run gets the same number
     student_dir = init_stage.run(init_stage.InitStudentConfig(out=str(out), student=cfg.student,
-                                                                       pretrain_steps=cfg.pretrain_steps))
+                                                              pretrain_steps=cfg.pretrain_steps, threads=threads))
     base_model = str(init_stage.model_path(student_dir))
     lap("init-student")
     problems = ProblemsConfig(source="world", split="train", world=cfg.world)
@@ -140,14 +146,14 @@ def run(cfg: QuickstartConfig) -> Path:
     ]
     # Longest first, so the verbose student does not start last and finish alone.
     order = sorted(range(len(sft_cfgs)), key=lambda i: names[i] != "r1")
-    trained = _train_all([sft_cfgs[i] for i in order], cfg.parallel)
+    trained = _train_all([sft_cfgs[i] for i in order], cfg.parallel, threads)
     sft_dirs = {sft_cfgs[i].experiment: d for i, d in zip(order, trained)}
     lap("train")
     test = ProblemsConfig(source="world", split="test", world=cfg.world)
     sampling = SamplingParams(n=cfg.eval_samples, temperature=cfg.eval_temperature, max_tokens=cfg.eval_max_tokens, seed=cfg.seed)
     evals = [
         evaluate.run(evaluate.EvalConfig(out=str(out), experiment=name, model=str(sft.model_dir(sft_dirs[name])),
-                                         problems=test, sampling=sampling))
+                                         problems=test, sampling=sampling, threads=threads))
         for name in names
     ]
     lap("eval")

@@ -312,10 +312,9 @@ def serve(model: str, port: int = 8000, host: str = "127.0.0.1", *, served_model
         if not api_key:
             raise ValueError(f"--api-key-env {api_key_env}: the environment variable is not set")
         register_secret(api_key)
-    if threads:
-        import torch
+    from tracewise.threads import use_threads
 
-        torch.set_num_threads(threads)
+    use_threads(threads)
     path = resolve_model_path(model)
     logging.getLogger("tracewise.backends.hf").setLevel(logging.WARNING)  # no log line per batch
     backend = HFBackend(path, device=device, dtype=dtype, batch_size=max_batch, trust_remote_code=trust_remote_code)

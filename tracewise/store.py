@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from tracewise.fingerprint import input_digest, path_digest  # noqa: F401  (path_digest: re-exported)
 from tracewise.records import from_dict, iter_jsonl, to_json_line, write_records
 
 log = logging.getLogger(__name__)
@@ -42,43 +43,16 @@ def config_fingerprint(cfg: Any) -> dict:
     return cfg
 
 
-def path_digest(path: str | os.PathLike) -> str:
-    """sha256 over a file's bytes, or over every file (name + bytes) below a directory."""
-    path = Path(path)
-    h = hashlib.sha256()
-    if path.is_dir():
-        for p in sorted(q for q in path.rglob("*") if q.is_file()):
-            rel = p.relative_to(path).as_posix()
-            name = p.name
-            if rel.startswith("checkpoint-") or "/checkpoint-" in rel or rel.endswith(".partial.jsonl") \
-                    or (name.startswith("cache-") and name.endswith(".arrow")):
-                continue  # training scratch and `datasets` map caches do not define the artifact
-            h.update(rel.encode() + b"\0")
-            h.update(_file_sha(p).encode())
-    elif path.is_file():
-        h.update(_file_sha(path).encode())
-    else:
-        raise ValueError(f"{path}: input not found")
-    return h.hexdigest()
-
-
-def _file_sha(p: Path) -> str:
-    h = hashlib.sha256()
-    with open(p, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def stage_dir(out: str | os.PathLike, stage: str, cfg: Any, inputs: Iterable[str | os.PathLike] = ()) -> Path:
-    """Directory for this stage run: ``<out>/<stage>-<12 hex of the content hash>``."""
+def stage_dir(out: str | os.PathLike, stage: str, cfg: Any, inputs: Iterable[Any] = ()) -> Path:
+    """Directory for this stage run: ``<out>/<stage>-<12 hex of the content hash>``. ``inputs``: paths
+    (keyed by their bytes) and ``fingerprint.HubModel`` ids (keyed by id + commit); see ``model_input``."""
     from tracewise import ARTIFACT_VERSION
 
     payload = {
         "artifact_version": ARTIFACT_VERSION,
         "stage": stage,
         "config": config_fingerprint(cfg),
-        "inputs": [path_digest(p) for p in inputs],
+        "inputs": [input_digest(p) for p in inputs],
     }
     key = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return Path(out) / f"{stage}-{key}"

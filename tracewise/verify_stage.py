@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from tracewise.config import doc
+from tracewise.fingerprint import model_input
 from tracewise.judge_llm import JudgeItem, JudgeResult, LLMJudge, LLMJudgeConfig, excerpt
 from tracewise.progress import progress_bar
 from tracewise.records import Problem, Trace, Verdict, from_dict, iter_jsonl
@@ -294,7 +295,10 @@ def run(cfg: VerifyConfig) -> Path:
     inputs = [f for d in cfg.generations for f in generation_files(d)]
     if "judge" in cfg.methods and cfg.judge.template_file:
         inputs.append(Path(cfg.judge.template_file))  # the template's bytes, not its path, key the run
-    run_dir = stage_dir(cfg.out, "verify", cfg, inputs=content_ordered(inputs))
+    inputs = content_ordered(inputs)
+    if "judge" in cfg.methods and cfg.judge.backend in ("hf", "vllm"):
+        inputs.extend(model_input(cfg.judge.model))  # the judge model's content (tracewise.fingerprint)
+    run_dir = stage_dir(cfg.out, "verify", cfg, inputs=inputs)
     if is_done(run_dir):
         log.info("verify: %s is complete, nothing to do", run_dir)
         return run_dir

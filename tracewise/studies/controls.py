@@ -24,6 +24,7 @@ from tracewise.controls import CONTROLS, ControlConfig
 from tracewise.metrics import read_summary, write_summary
 from tracewise.problem_sources import ProblemsConfig
 from tracewise.studies.controls_report import write_controls_section
+from tracewise.threads import THREADS_HELP
 from tracewise.world.problems import WorldConfig
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ class ControlsStudyConfig:
                                    "wait_extend), seed.",
                                    factory=lambda: SamplingParams(n=4, temperature=0.6, max_tokens=256, seed=0))
     batch_size: int = doc("Generation batch size.", 256, hash=False)
-    threads: int = doc("torch CPU threads (0 = torch default).", 0, hash=False)
+    threads: int = doc(THREADS_HELP, 0, hash=False)
 
     def validate(self) -> None:
         unknown = [c for c in self.controls if c not in STUDY_CONTROLS]

@@ -24,6 +24,7 @@ from tracewise.metrics import read_summary, write_summary
 from tracewise.problem_sources import ProblemsConfig
 from tracewise.report import write_section_file
 from tracewise.studies.controls import discover_students, parse_models, quickstart_test_problems
+from tracewise.threads import THREADS_HELP
 
 log = logging.getLogger(__name__)
 TITLE = "Few-shot style transfer"
@@ -66,7 +67,7 @@ class FewShotStudyConfig:
     sampling: SamplingParams = doc("Samples per problem, temperature, max tokens, seed.",
                                    factory=lambda: SamplingParams(n=4, temperature=0.6, max_tokens=256, seed=0))
     batch_size: int = doc("Generation batch size.", 256, hash=False)
-    threads: int = doc("torch CPU threads (0 = torch default).", 0, hash=False)
+    threads: int = doc(THREADS_HELP, 0, hash=False)
 
     def validate(self) -> None:
         if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:

@@ -18,6 +18,7 @@ from pathlib import Path
 from tracewise.backends.base import SamplingParams
 from tracewise.config import build, doc
 from tracewise.problem_sources import ProblemsConfig
+from tracewise.threads import THREADS_HELP
 from tracewise.world.problems import WorldConfig
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ class RLAlphaConfig:
     target_token_cut: float = doc("Token saving the reading tests for, as a fraction of α=0's tokens.", 0.30)
     max_pass1_drop: float = doc("Largest pass@1 loss vs α=0 (points) the reading accepts.", 2.0)
     section: str = doc("Section JSON path (default <out>/sections/rl_length_penalty.json).", "", hash=False)
-    threads: int = doc("torch CPU threads for training and eval (0 = torch default).", 0, hash=False)
+    threads: int = doc(THREADS_HELP, 0, hash=False)
 
     def validate(self) -> None:
         if not self.alphas or 0.0 not in [float(a) for a in self.alphas]:

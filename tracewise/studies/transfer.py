@@ -30,6 +30,7 @@ from tracewise.config import doc
 from tracewise.metrics import read_summary
 from tracewise.problem_sources import ProblemsConfig, load_problems
 from tracewise.records import Problem, Sample, Trace, Verdict, read_records
+from tracewise.threads import THREADS_HELP, use_threads
 from tracewise.world.domains import get_domain
 from tracewise.world.problems import WorldConfig, generate_problems
 from tracewise.world.teachers import TeacherConfig
@@ -146,7 +147,7 @@ class TransferConfig:
     eval_temperature: float = doc("Sampling temperature at evaluation.", 0.6)
     eval_max_tokens: int = doc("Max new tokens per sample (the quickstart eval uses 400).", 400)
     seed: int = doc("Seed for generation, training and sampling.", 0)
-    threads: int = doc("torch CPU threads (0 = torch default).", 1, hash=False)
+    threads: int = doc(THREADS_HELP, 1, hash=False)
 
     def validate(self) -> None:
         for d in self.domains:
@@ -295,13 +296,10 @@ def student_level(cfg: TransferConfig, models: dict[str, str], domain: str) -> d
 
 def run(cfg: TransferConfig) -> Path:
     """Run the study; returns the section file path."""
-    import torch
-
     from tracewise.studies.transfer_report import write_report
 
     cfg.validate()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    use_threads(cfg.threads)
     t0 = time.time()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ holds is an error (the shorter policy is not kept): train it into another ``out`
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import inspect
 import json
@@ -31,8 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from tracewise.config import doc
+from tracewise.fingerprint import model_input
 from tracewise.problem_sources import ProblemsConfig, load_problems
 from tracewise.store import is_done, mark_done, save_config, stage_dir
+from tracewise.threads import THREADS_HELP, use_threads
 
 from tracewise.progress import trainer_progress_callback
 from tracewise.train.hf_trainer import check_report_to, checkpoint_step, restore_final_checkpoint
@@ -89,7 +92,7 @@ class RLRunConfig:
                                 "importable.", None)
     vllm_gpu_memory_utilization: float = doc("GPU memory share vLLM may take when colocated.", 0.3, hash=False)
     gradient_checkpointing: bool = doc("Trade compute for memory (large models).", False)
-    threads: int = doc("torch CPU threads (0 = torch default).", 0, hash=False)
+    threads: int = doc(THREADS_HELP, 0, hash=False)
     trust_remote_code: bool = doc("Run Python code shipped with the model or tokenizer (HF auto_map); off unless you pass it.", False, hash=False)
     report_to: list[str] = doc("Experiment trackers to log to (transformers' report_to), e.g. wandb, tensorboard, "
                                "trackio; the tracker's package must be installed; several: report_to=wandb,tensorboard. "
@@ -346,7 +349,7 @@ def run(cfg: RLRunConfig, callbacks: list | None = None) -> Path:
 
     cfg.validate()
     model_path = resolve_model(cfg.model)
-    inputs = [p for p in (model_path,) if Path(p).exists()] + cfg.problems.input_files()
+    inputs = [*model_input(model_path), *cfg.problems.input_files()]
     run_dir = stage_dir(cfg.out, "rl", cfg, inputs=inputs)
     _refuse_shorter(run_dir, cfg.max_steps)
     if is_done(run_dir):
@@ -359,8 +362,7 @@ def run(cfg: RLRunConfig, callbacks: list | None = None) -> Path:
                              "(delete the run dir to train from scratch)")
         log.info("train rl: extending %s from %d to %d steps", run_dir, done, cfg.max_steps)
         (run_dir / "DONE").unlink()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    cfg = dataclasses.replace(cfg, threads=use_threads(cfg.threads))  # the number it ran with, in config.yaml
     dataset = load_prompts(cfg.problems)  # bad golds fail here, before anything is written
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code)

@@ -19,6 +19,7 @@ default, the merged model in ``model/``, so later stages load ``model/`` whateve
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -26,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tracewise.config import doc
+from tracewise.fingerprint import model_input
+from tracewise.threads import THREADS_HELP, use_threads
 from tracewise.progress import trainer_progress_callback
 from tracewise.store import is_done, mark_done, save_config, stage_dir
 from tracewise.train.hf_trainer import (BATCH_ORDERS, check_report_to, restore_final_checkpoint,
@@ -91,7 +94,7 @@ class SFTRunConfig:
     trust_remote_code: bool = doc("Allow model code from the hub (some base models need it).", False)
     chat_template: str = doc("Chat template for a tokenizer without one (base models): a .jinja file or a "
                              "tokenizer path/id to copy it from; '' = the tokenizer's own.", "")
-    threads: int = doc("torch CPU threads (0 = torch default).", 0, hash=False)
+    threads: int = doc(THREADS_HELP, 0, hash=False)
     report_to: list[str] = doc("Experiment trackers to log to (transformers' report_to), e.g. wandb, tensorboard, "
                                "trackio; the tracker's package must be installed; several: report_to=wandb,tensorboard. "
                                "Empty (the default) = none.", factory=list, hash=False)
@@ -313,12 +316,11 @@ def run(cfg: SFTRunConfig) -> Path:
     n_procs, main = world_size(), is_main_process()
     grad_accum = grad_accum_for(cfg, n_procs)
     run_dir = stage_dir(cfg.out, "sft", cfg,
-                        inputs=[p for p in (cfg.model, cfg.dataset, cfg.chat_template) if p and Path(p).exists()])
+                        inputs=[*model_input(cfg.model), cfg.dataset, *model_input(cfg.chat_template)])
     if is_done(run_dir):
         log.info("train sft: %s is complete, nothing to do", run_dir)
         return run_dir
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    cfg = dataclasses.replace(cfg, threads=use_threads(cfg.threads))  # the number it ran with, in config.yaml
     ckpt_root = run_dir / "checkpoints"
     trainer = build_trainer(cfg, ckpt_root, grad_accum)
     if main:  # every rank runs this stage; one writes the run dir's files

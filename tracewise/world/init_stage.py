@@ -14,11 +14,12 @@ this pretraining reached 48%. No teacher trace of either style is in the pretrai
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tracewise.config import doc
 from tracewise.store import is_done, mark_done, save_config, stage_dir
+from tracewise.threads import THREADS_HELP, use_threads
 from tracewise.tokens import student_completion
 from tracewise.traces import parse_completion
 from tracewise.world.problems import WorldConfig, generate_problems
@@ -46,7 +47,7 @@ class InitStudentConfig:
     corpus_world: WorldConfig = doc("World used to write the tokenizer's training corpus.", factory=_corpus_world)
     pretrain_steps: int = doc("Steps of style-neutral base pretraining (0 = leave the model random).", 300)
     pretrain_world: WorldConfig = doc("World whose problem statements make the pretraining text.", factory=_pretrain_world)
-    threads: int = doc("torch CPU threads for pretraining (0 = torch default).", 0, hash=False)
+    threads: int = doc(THREADS_HELP, 0, hash=False)
 
 
 def student_corpus(world: WorldConfig) -> list[str]:
@@ -88,13 +89,10 @@ def run(cfg: InitStudentConfig) -> Path:
     if is_done(run_dir):
         log.info("init-student: %s is complete, nothing to do", run_dir)
         return run_dir
+    cfg = replace(cfg, threads=use_threads(cfg.threads))  # the number it ran with, in config.yaml
     save_config(run_dir, cfg)
     path = init_student(model_path(run_dir), student_corpus(cfg.corpus_world), cfg.student)
     if cfg.pretrain_steps:
-        if cfg.threads:
-            import torch
-
-            torch.set_num_threads(cfg.threads)
         docs = pretraining_docs(cfg.pretrain_world)
         history = pretrain(path, docs, cfg.pretrain_steps, seed=cfg.student.seed)
         (run_dir / "pretrain_log.json").write_text(__import__("json").dumps(history))
