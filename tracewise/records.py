@@ -202,6 +202,8 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
     path = Path(path)
     if not path.exists():
         raise ValueError(f"{path}: file not found")
+    if path.is_dir():
+        raise ValueError(f"{path}: is a directory, expected a JSONL file")
     with open(path, "rb") as fh:
         # readline with a limit: a corrupt or hostile file without newlines is refused after
         # MAX_LINE_BYTES instead of being read whole into memory.
