@@ -11,7 +11,16 @@ import pytest
 
 from tracewise.config import doc
 from tracewise.records import Trace, read_records, to_json_line
-from tracewise.store import AppendLog, config_fingerprint, is_done, mark_done, path_digest, save_config, stage_dir
+from tracewise.store import (
+    AppendLog,
+    config_fingerprint,
+    is_done,
+    last_complete_checkpoint,
+    mark_done,
+    path_digest,
+    save_config,
+    stage_dir,
+)
 
 
 @dataclass
@@ -139,3 +148,39 @@ def test_finalize_is_sorted_and_independent_of_append_order(tmp_path: Path) -> N
         keys = [t.key for t in read_records(final, Trace)]
         assert keys == sorted(keys) and len(keys) == len(recs)
     assert outputs[0] == outputs[1] == outputs[2]
+
+
+def _ckpt(root: Path, name: str, state: str | None) -> Path:
+    """A hand-built HF checkpoint dir; ``state`` is trainer_state.json's text (None: not written yet)."""
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "model.safetensors").write_bytes(b"weights")
+    if state is not None:
+        (d / "trainer_state.json").write_text(state)
+    return d
+
+
+def test_last_complete_checkpoint_skips_and_deletes_torn_newer_ones(tmp_path: Path) -> None:
+    root = tmp_path / "checkpoints"
+    assert last_complete_checkpoint(root) is None  # no directory yet
+    root.mkdir()
+    assert last_complete_checkpoint(root) is None  # empty
+    _ckpt(root, "checkpoint-1", None)  # torn, but older than a complete one: not looked at
+    _ckpt(root, "checkpoint-2", '{"global_step": 2}')
+    _ckpt(root, "checkpoint-9", '{"global_step": 9}')
+    _ckpt(root, "checkpoint-10", '{"global_step": 10}')  # newest complete: 10 > 9 numerically, not as text
+    _ckpt(root, "checkpoint-11", None)  # killed before trainer_state.json
+    _ckpt(root, "checkpoint-12", '{"global_step": 12, "log_hist')  # killed while writing it
+    (root / "checkpoint-13").write_text("a file, not a checkpoint dir")
+    _ckpt(root, "checkpoint-final", '{"global_step": 99}')  # not checkpoint-<N>
+    assert last_complete_checkpoint(root) == str(root / "checkpoint-10")
+    assert sorted(p.name for p in root.iterdir()) == [
+        "checkpoint-1", "checkpoint-10", "checkpoint-13", "checkpoint-2", "checkpoint-9", "checkpoint-final"]
+    assert last_complete_checkpoint(root) == str(root / "checkpoint-10")  # idempotent
+
+
+def test_last_complete_checkpoint_none_when_every_one_is_torn(tmp_path: Path) -> None:
+    _ckpt(tmp_path, "checkpoint-3", None)
+    _ckpt(tmp_path, "checkpoint-6", "")
+    assert last_complete_checkpoint(tmp_path) is None
+    assert list(tmp_path.iterdir()) == []  # a fresh start must not trip over them
