@@ -184,3 +184,50 @@ def test_last_complete_checkpoint_none_when_every_one_is_torn(tmp_path: Path) ->
     _ckpt(tmp_path, "checkpoint-6", "")
     assert last_complete_checkpoint(tmp_path) is None
     assert list(tmp_path.iterdir()) == []  # a fresh start must not trip over them
+
+
+KILL_CHILD = """
+import sys
+from tracewise.records import Problem, write_records
+from tracewise.store import AppendLog
+log = AppendLog(sys.argv[1] + "/log.partial.jsonl", Problem, key=lambda p: p.id)
+for i in range(0, 6, 2):  # three appends of two records
+    log.append([Problem(id=f"p{i}", question="q", answer="1"), Problem(id=f"p{i + 1}", question="q", answer="1")])
+write_records(sys.argv[1] + "/final.jsonl", [Problem(id=f"f{i}", question="q", answer="1") for i in range(5)])
+"""
+
+
+@pytest.mark.parametrize("point,log_lines,final_tmp_lines", [
+    (None, None, None),  # unset: runs to the end
+    ("log.partial.jsonl:1", 2, None),  # killed after the first append (of two records)
+    ("log.partial.jsonl:3", 4, None),  # the append that holds record 3
+    ("final.jsonl:2", 6, 2),  # in the middle of the final file: its .tmp holds 2 records, no final file
+    ("steps:1", None, None),  # another point: no effect here
+])
+def test_kill_hook_kills_right_after_the_chosen_record(tmp_path: Path, point, log_lines, final_tmp_lines) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRACEWISE_TEST_KILL_AFTER"}
+    if point:
+        env["TRACEWISE_TEST_KILL_AFTER"] = point
+    proc = subprocess.run([sys.executable, "-c", KILL_CHILD, str(tmp_path)], env=env, capture_output=True, text=True)
+    if log_lines is None:
+        assert proc.returncode == 0, proc.stderr
+        assert len((tmp_path / "final.jsonl").read_text().splitlines()) == 5
+        return
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert len((tmp_path / "log.partial.jsonl").read_text().splitlines()) == log_lines
+    assert not (tmp_path / "final.jsonl").exists()
+    tmp = tmp_path / "final.jsonl.tmp"
+    assert (len(tmp.read_text().splitlines()) if tmp.exists() else None) == final_tmp_lines
+
+
+def test_kill_hook_refuses_a_malformed_spec(monkeypatch) -> None:
+    from tracewise.records import kill_point
+
+    monkeypatch.setenv("TRACEWISE_TEST_KILL_AFTER", "traces.jsonl")
+    with pytest.raises(ValueError, match="TRACEWISE_TEST_KILL_AFTER='traces.jsonl'"):
+        kill_point("traces.jsonl")
