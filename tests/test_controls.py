@@ -75,10 +75,8 @@ def make_backend(tok, close_bias: float) -> HFBackend:
         head.bias.zero_()
         head.bias[tok.convert_tokens_to_ids(THINK_CLOSE)] = close_bias
     model.lm_head = head
-    backend = HFBackend(model, tok, device="cpu", batch_size=64)
-    # Until hf.py declares `supports_prefix = True` on HFBackend, advertise it here.
-    backend.supports_prefix = True
-    return backend
+    # No `supports_prefix` set here: every control below runs on what HFBackend itself declares.
+    return HFBackend(model, tok, device="cpu", batch_size=64)
 
 
 @pytest.fixture(scope="module")
@@ -381,6 +379,15 @@ def test_bad_inputs_raise_before_generating(tok, mixed, monkeypatch):
     # Plain truncation needs no prefix support (it only fails here because generate is a stub).
     with pytest.raises(AssertionError, match="before validation"):
         truncate(no_prefix, reqs, SAMPLING, 4)
+
+
+def test_hf_backend_declares_prefix_support_on_the_class(mixed):
+    """The controls and `eval` (which checks the class before loading a model) rely on HFBackend's own
+    declaration; no test may set it on an instance."""
+    assert "supports_prefix" in vars(HFBackend) and HFBackend.supports_prefix is True
+    assert "supports_prefix" not in vars(mixed) and controls.supports_prefix(mixed)
+    forced = budget_force(mixed, requests()[:1], dataclasses.replace(SAMPLING, n=1), 3)  # needs a prefix
+    assert len(forced) == 1
 
 
 # ---- few-shot style transfer --------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Hostile and broken input, table-driven, through the real CLI.
 
-Each case writes a bad input, runs one ``tracewise`` command, and expects: a non-zero exit code,
-ONE clear ``error:`` line that names the file (and line) or the config field at fault, no
+Each case writes a bad input, runs one ``tracewise`` command, and expects: exit code 2 (the CLI's
+promise for bad input; 1 would be a crash), ONE clear ``error:`` line that names the file (and line) or the config field at fault, no
 traceback, and no partial output (the output root stays empty).
 """
 
@@ -100,6 +100,36 @@ def sft_dataset_without_completion(tmp: Path) -> list[str]:
     return ["train", "sft", f"model={_STUDENT['path']}", f"dataset={tmp / 'ds'}"]
 
 
+def a_directory(tmp: Path) -> Path:
+    d = tmp / "adir"
+    d.mkdir()
+    return d
+
+
+def ok_problems(tmp: Path) -> Path:
+    p = tmp / "ok.jsonl"
+    p.write_text(_problem_line())
+    return p
+
+
+def tiny_tokenizer(tmp: Path) -> str:
+    """A real (tiny) tokenizer, so that the case fails on the input under test and not on the tokenizer."""
+    from tracewise.world.student import build_tokenizer
+
+    path = tmp / "tok"
+    build_tokenizer(["What is 1+1? <think>1+1=2</think> The answer is 2."] * 3, 300).save_pretrained(path)
+    return str(path)
+
+
+def ingest_rows(*rows: str):
+    """``ingest`` of a JSONL file with ``rows`` (the first is good, so a bad later row finds work done)."""
+    def setup(tmp: Path) -> list[str]:
+        p = tmp / "traces.jsonl"
+        p.write_text("".join(rows))
+        return ["ingest", f"path={p}", f"tokenizer={tiny_tokenizer(tmp)}"]
+    return setup
+
+
 _STUDENT: dict[str, str] = {}
 _VERDICT = Verdict(problem_id="p1", teacher="t", method="math_verify", correct=True, reason="correct", pred="2",
                    gold="2")
@@ -135,6 +165,24 @@ CASES = [
     Case("unfinished_input_run", verify_on([_problem_line()], [_trace()], done=False), ["gen", "DONE"]),
     Case("wrong_record_kind", curate_with_verdicts([_trace()]), ["verdicts.jsonl:1", "'verdict'"]),
     Case("sft_dataset_missing_column", sft_dataset_without_completion, ["ds", "completion"]),
+    Case("problems_file_is_a_directory", lambda tmp: ["generate", "tokenizer=tok", f"problems.source={a_directory(tmp)}"],
+         ["adir", "is a directory"]),
+    Case("config_file_is_a_directory", lambda tmp: ["generate", "-c", str(a_directory(tmp))], ["adir", "is a directory"]),
+    Case("config_not_utf8", lambda tmp: (tmp.joinpath("cfg.yaml").write_bytes(b"tokenizer: \xff\xfe\n"),
+                                          ["generate", "-c", str(tmp / "cfg.yaml")])[1], ["cfg.yaml", "UTF-8"]),
+    Case("eval_problems_file_is_a_directory",
+         lambda tmp: ["eval", f"model={_STUDENT['path']}", f"problems.source={a_directory(tmp)}"], ["adir", "is a directory"]),
+    Case("generate_not_a_tokenizer",  # problems are fine; the tokenizer fails after they are read
+         lambda tmp: ["generate", f"tokenizer={a_directory(tmp)}", f"problems.source={ok_problems(tmp)}"],
+         ["adir", "could not load a tokenizer"]),
+    Case("ingest_not_a_tokenizer", lambda tmp: ["ingest", f"path={ok_problems(tmp)}", f"tokenizer={a_directory(tmp)}"],
+         ["adir", "could not load a tokenizer"]),
+    Case("ingest_bad_second_row",
+         ingest_rows(json.dumps({"id": "a", "problem": "What is 1+1?", "answer": "2",
+                                 "completion": "<think>1+1=2</think>The answer is \\boxed{2}."}) + "\n",
+                     json.dumps({"id": "b", "problem": "What is 2+2?", "answer": "4"}) + "\n"),
+         ["traces.jsonl:2", "completion"]),
+    Case("ingest_empty_file", ingest_rows(), ["traces.jsonl", "empty"]),
 ]
 
 
@@ -153,7 +201,7 @@ def test_hostile_input_fails_cleanly(case: Case, tmp_path: Path) -> None:
     argv = case.setup(inputs)
     result = CliRunner().invoke(app, [*argv, f"out={out}"])
     text = result.output
-    assert result.exit_code not in (0, None), text
+    assert result.exit_code == 2, (result.exit_code, text)
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     assert "Traceback" not in text
     errors = [line for line in text.splitlines() if line.startswith("error:")]

@@ -260,3 +260,35 @@ def test_hf_dataset_name_offline_is_a_clear_error(tmp_path, tokenizer_path, monk
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     with pytest.raises(ValueError, match=r"open-r1/OpenR1-Math-220k: not a local file.*needs network access"):
         run(IngestConfig(out=str(tmp_path), path="open-r1/OpenR1-Math-220k", tokenizer=tokenizer_path, limit=5))
+
+
+@pytest.fixture(scope="module")
+def char_tokenizer_path(tmp_path_factory) -> str:
+    """One token per character, <think> and </think> one token each: counts can be done by hand."""
+    from tokenizers import Tokenizer, decoders, models
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<|end|>", "<think>", "</think>"]
+    vocab = {t: i for i, t in enumerate(specials + [chr(c) for c in range(32, 127)] + ["\n"])}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=None))
+    core.add_special_tokens(specials)
+    core.decoder = decoders.Fuse()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|end|>", pad_token="<pad>",
+                                  additional_special_tokens=specials[2:])
+    path = tmp_path_factory.mktemp("chartok") / "tokenizer"
+    tok.save_pretrained(path)
+    return str(path)
+
+
+def test_token_counts_match_a_hand_count(tmp_path, char_tokenizer_path):
+    """Independent of span_counts: characters counted by hand in the fixture's r1-a and r1-c."""
+    _, traces, _ = ingest(tmp_path, char_tokenizer_path, "r1.jsonl")
+    a = traces["DeepSeek-R1|r1-a|0"]
+    # thinking "3 plus 4 is 7." = 14 chars, + <think> + </think> = 16;
+    # answer "The sum is \boxed{7}." = 11 + 9 + 1 = 21 chars, + EOS = 22; total 38.
+    assert (a.thinking, a.answer_text) == ("3 plus 4 is 7.", "The sum is \\boxed{7}.")
+    assert (a.n_tokens, a.n_thinking_tokens, a.n_answer_tokens) == (38, 16, 22)
+    c = traces["DeepSeek-R1|r1-c|0"]
+    # cut off: "Let me multiply 2 by 9, that is" = 31 chars, + <think> (no </think>, no answer, no EOS) = 32.
+    assert c.thinking == "Let me multiply 2 by 9, that is"
+    assert (c.n_tokens, c.n_thinking_tokens, c.n_answer_tokens) == (32, 32, 0)

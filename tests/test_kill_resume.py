@@ -1,8 +1,11 @@
-"""Kill -9 at random moments, rerun the same command: the artifacts equal an uninterrupted run's.
+"""Kill -9, rerun the same command: the artifacts equal an uninterrupted run's.
 
 Every pipeline stage (generate with the embedded, the hf and the openai backend, verify, curate,
-train sft, train rl, eval) runs as the real CLI command in a child process, is SIGKILLed after a
-random fraction of its uninterrupted run time, and is rerun until it finishes. Then:
+train sft, train rl, eval) runs as the real CLI command in a child process, is SIGKILLed, and is
+rerun until it finishes. The default suite kills at chosen points through the
+``TRACEWISE_TEST_KILL_AFTER`` hook (after the N-th record of a given file, the N-th training step or
+checkpoint, the N-th curated dataset), so every kill lands whatever the machine's load; ``-m slow``
+adds kills at random moments of the run time. Then:
 
 * record stages: every file of the run directory is byte-identical to the uninterrupted run's
   (so no record is duplicated, lost or changed);
@@ -19,8 +22,7 @@ answers a chosen number of requests and then holds the rest: the child has exact
 on disk when it is killed, however fast or loaded the machine is.
 
 Speed: children are forked from one warm server that has already imported torch, transformers,
-TRL and tracewise, so a kill/rerun costs the stage's own work, not 10 s of imports. The default
-suite runs one seed per stage; ``-m slow`` runs more seeds with more kills each.
+TRL and tracewise, so a kill/rerun costs the stage's own work, not 10 s of imports.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -54,6 +57,7 @@ SERVER = textwrap.dedent(
         t0 = time.monotonic()
         pid = os.fork()
         if pid == 0:
+            os.environ.update(job.get("env", {}))  # e.g. the TRACEWISE_TEST_KILL_AFTER kill hook
             fd = os.open(job["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND)
             os.dup2(fd, 1)
             os.dup2(fd, 2)
@@ -94,14 +98,15 @@ class Server:
         assert self._read() == {"ready": True}
 
     def run(self, argv: list[str], kill_after: float | None = None, kill_when=None,
-            max_wait: float = 300.0) -> tuple[int | None, float, Path]:
-        """Run ``tracewise *argv``; SIGKILL it after ``kill_after`` s or once ``kill_when()`` is true.
+            max_wait: float = 300.0, env: dict[str, str] | None = None) -> tuple[int | None, float, Path]:
+        """Run ``tracewise *argv`` (with ``env`` added to its environment); SIGKILL it after ``kill_after`` s
+        or once ``kill_when()`` is true.
 
         Returns (exit code, or None if it was SIGKILLed; seconds; log file).
         """
         self.n += 1
         log = self.log_dir / f"{self.n:03d}-{argv[0]}.log"
-        self.proc.stdin.write(json.dumps({"argv": argv, "log": str(log)}) + "\n")
+        self.proc.stdin.write(json.dumps({"argv": argv, "log": str(log), "env": env or {}}) + "\n")
         self.proc.stdin.flush()
         pid = self._read()["pid"]
         if kill_after is not None or kill_when is not None:
@@ -362,15 +367,90 @@ def kill_and_resume(server, chain, student: str, stage: str, seed: int, kills: i
         shutil.move(str(saved), ref)
 
 
+KILL_ENV = "TRACEWISE_TEST_KILL_AFTER"
+APPEND_LOGS = {"generate": "traces", "generate_hf": "traces", "verify": "verdicts", "eval": "samples"}
+
+
+def kill_points(stage: str, ref: Path) -> list[tuple[str, str | None]]:
+    """The hook kills, in order, for one stage, each with what the next run must log as it resumes
+    (training: from which checkpoint; equal final weights cannot tell a resume from a restart).
+
+    Each kill lands in the run the previous one left to resume. Record stages: after the append
+    batch holding the fresh run's middle record (verify and the embedded generate append everything
+    in one batch here, so that is before finalize; hf generate and eval write batches of 4), then
+    halfway through writing the final file. curate (no resume: it
+    rebuilds): after its first dataset, then after its last (the mix), before kept.json and the
+    table. Training: at the end of step 3 (sft, checkpoints every 2 steps: step 3 is redone from
+    checkpoint-2) or step 2 (rl, every step saved: killed before checkpoint-2), then right after the
+    resumed run's first checkpoint.
+    """
+    if stage in APPEND_LOGS:
+        name = APPEND_LOGS[stage]
+        n = (ref / f"{name}.jsonl").read_bytes().count(b"\n")
+        assert n >= 2, f"{stage}: too few records to kill in the middle"
+        # Equal bytes prove the resume (work skipped or not: the stages' own tests count that).
+        return [(f"{name}.partial.jsonl:{n // 2}", None), (f"{name}.jsonl:{n // 2}", None)]
+    if stage == "curate":
+        n = len(json.loads((ref / "DONE").read_text())["datasets"])
+        return [("datasets:1", None), (f"datasets:{n}", None)]
+    if stage == "sft":
+        return [("steps:3", "resuming from checkpoint-2"), ("saves:1", "resuming from checkpoint-4")]
+    if stage == "rl":
+        return [("steps:2", "resuming from checkpoint-1"), ("saves:1", "resuming from checkpoint-2")]
+    raise KeyError(stage)
+
+
+def _resumed(log: Path, marker: str) -> bool:
+    """Whether ``log`` says ``marker`` ("resuming from checkpoint-2": the words and the checkpoint's
+    name, which the log prints as a path that rich may wrap)."""
+    flat = re.sub(r"\s+", "", log.read_text())
+    words, _, ckpt = marker.partition(" from ")
+    return re.sub(r"\s+", "", words) in flat and (not ckpt or f"/{ckpt}" in flat)
+
+
+def kill_at_points_and_resume(server, chain, student: str, stage: str) -> None:
+    """Deterministic kills through the hook (every one must land), then a clean finish; compare."""
+    out, dirs, _secs = chain
+    ref = dirs[stage]
+    saved = out.parent / f"ref-{stage}-hook"
+    shutil.move(str(ref), saved)  # the rerun must write the same path (config.yaml records it)
+    try:
+        rng = random.Random(0)
+        argv = _argv(stage, out, student, dirs)
+        expect = None  # what the current run must log as it resumes
+        for point, next_expect in kill_points(stage, saved):
+            code, _secs, log = server.run(argv, env={KILL_ENV: point})
+            assert code is None, f"kill at {point} did not land (exit code {code}): {log.read_text()[-3000:]}"
+            assert expect is None or _resumed(log, expect), (expect, log.read_text()[-3000:])
+            assert ref.exists() and (not (ref / "DONE").exists() or stage in TRAINING)
+            _cut_torn_tail(ref, rng)
+            expect = next_expect
+        code, _secs, log = server.run(argv)
+        assert code == 0, log.read_text()[-3000:]
+        assert expect is None or _resumed(log, expect), (expect, log.read_text()[-3000:])
+        assert (ref / "DONE").exists()
+        assert not list(ref.glob("*.partial.jsonl")) and not list(ref.glob("*.tmp"))
+        if stage in TRAINING:
+            _assert_same_training(saved, ref, stage)
+        else:
+            _assert_same_records(saved, ref)
+    finally:  # put the reference back so later stages read exactly what they were built on
+        shutil.rmtree(ref, ignore_errors=True)
+        shutil.move(str(saved), ref)
+
+
 @pytest.mark.parametrize("stage", STAGE_ORDER)
 def test_kill_and_resume(server, chain, student_path, stage, openai_server) -> None:
-    gate = openai_server if stage == "generate_openai" else None
-    kill_and_resume(server, chain, student_path, stage, seed=0, kills=1, gate=gate)  # a progress-triggered kill (time-based for curate)
+    if stage == "generate_openai":  # deterministic through the gate: the server answers N requests, then holds
+        kill_and_resume(server, chain, student_path, stage, seed=0, kills=1, gate=openai_server)
+    else:
+        kill_at_points_and_resume(server, chain, student_path, stage)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2, 3, 4])
 @pytest.mark.parametrize("stage", STAGE_ORDER)
 def test_kill_and_resume_more_seeds(server, chain, student_path, stage, seed, openai_server) -> None:
+    """The randomised variant: kills at random moments (progress-triggered and time-based)."""
     gate = openai_server if stage == "generate_openai" else None
     kill_and_resume(server, chain, student_path, stage, seed=seed, kills=4, gate=gate)

@@ -171,3 +171,42 @@ def test_read_summary_rejects_bad_files(tmp_path) -> None:
         read_summary(tmp_path / "b.json")
     with pytest.raises(ValueError, match="not found"):
         read_summary(tmp_path / "missing.json")
+
+
+# ---- hand-computed cases (literals worked out on paper, no formula from the code under test) ------
+
+
+@pytest.mark.parametrize(
+    "n,c,k,expected",
+    [
+        (4, 1, 2, 0.5),  # 1 - C(3,2)/C(4,2) = 1 - 3/6
+        (5, 2, 3, 0.9),  # 1 - C(3,3)/C(5,3) = 1 - 1/10
+        (6, 2, 2, 0.6),  # 1 - C(4,2)/C(6,2) = 1 - 6/15
+        (8, 2, 4, 0.7857142857142857),  # 1 - C(6,4)/C(8,4) = 1 - 15/70 = 11/14
+        (100, 1, 10, 0.1),  # one correct of 100: the chance it is among 10 drawn is 10/100
+        (1000, 500, 1, 0.5),
+    ],
+)
+def test_pass_at_k_more_hand_values(n: int, c: int, k: int, expected: float) -> None:
+    assert pass_at_k(n, c, k) == pytest.approx(expected, abs=1e-12)
+
+
+def test_summarize_four_samples_by_hand() -> None:
+    # q1: correct, wrong, wrong, wrong; tokens 40, 60, 60, 80 -> c=1, mean 60
+    # q2: correct x4;                  tokens 20 each         -> c=4, mean 20
+    # q3: wrong x4;                    tokens 100 each        -> c=0, mean 100
+    tokens = {"q1": [40, 60, 60, 80], "q2": [20] * 4, "q3": [100] * 4}
+    right = {"q1": [True, False, False, False], "q2": [True] * 4, "q3": [False] * 4}
+    samples = [make_sample(q, i, right[q][i], tokens[q][i]) for q in tokens for i in range(4)]
+    s = summarize(samples, "e", "b", ks=(1, 2, 8))
+    # pass@1 = (1/4 + 1 + 0) / 3 = 0.41666...; pass@2: q1 1 - C(3,2)/C(4,2) = 0.5, so (0.5 + 1 + 0) / 3 = 0.5
+    assert s.pass_at_1 == pytest.approx(0.4166666666666667)
+    assert s.extra["pass@2"] == pytest.approx(0.5)
+    assert s.pass_at_8 == pytest.approx(2 / 3) and s.extra["pass@8_k"] == 4  # pass@4: q1 and q2
+    # mean over problems of per-problem means = (60 + 20 + 100) / 3 = 60; thinking = tokens - 10 -> 50
+    assert (s.mean_tokens, s.mean_thinking_tokens, s.mean_answer_tokens) == (
+        pytest.approx(60.0), pytest.approx(50.0), pytest.approx(10.0))
+    # accuracy per 1k tokens = 0.41666... / 60 * 1000 = 6.9444...
+    assert s.extra["acc_per_1k_tokens"] == pytest.approx(6.944444444444445)
+    # wrong samples: 60 + 60 + 80 (q1) + 4 * 100 (q3) = 600 over 7 samples
+    assert s.extra["mean_tokens_wrong"] == pytest.approx(85.71428571428571)

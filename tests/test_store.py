@@ -11,7 +11,16 @@ import pytest
 
 from tracewise.config import doc
 from tracewise.records import Trace, read_records, to_json_line
-from tracewise.store import AppendLog, config_fingerprint, is_done, mark_done, path_digest, save_config, stage_dir
+from tracewise.store import (
+    AppendLog,
+    config_fingerprint,
+    is_done,
+    last_complete_checkpoint,
+    mark_done,
+    path_digest,
+    save_config,
+    stage_dir,
+)
 
 
 @dataclass
@@ -139,3 +148,86 @@ def test_finalize_is_sorted_and_independent_of_append_order(tmp_path: Path) -> N
         keys = [t.key for t in read_records(final, Trace)]
         assert keys == sorted(keys) and len(keys) == len(recs)
     assert outputs[0] == outputs[1] == outputs[2]
+
+
+def _ckpt(root: Path, name: str, state: str | None) -> Path:
+    """A hand-built HF checkpoint dir; ``state`` is trainer_state.json's text (None: not written yet)."""
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "model.safetensors").write_bytes(b"weights")
+    if state is not None:
+        (d / "trainer_state.json").write_text(state)
+    return d
+
+
+def test_last_complete_checkpoint_skips_and_deletes_torn_newer_ones(tmp_path: Path) -> None:
+    root = tmp_path / "checkpoints"
+    assert last_complete_checkpoint(root) is None  # no directory yet
+    root.mkdir()
+    assert last_complete_checkpoint(root) is None  # empty
+    _ckpt(root, "checkpoint-1", None)  # torn, but older than a complete one: not looked at
+    _ckpt(root, "checkpoint-2", '{"global_step": 2}')
+    _ckpt(root, "checkpoint-9", '{"global_step": 9}')
+    _ckpt(root, "checkpoint-10", '{"global_step": 10}')  # newest complete: 10 > 9 numerically, not as text
+    _ckpt(root, "checkpoint-11", None)  # killed before trainer_state.json
+    _ckpt(root, "checkpoint-12", '{"global_step": 12, "log_hist')  # killed while writing it
+    (root / "checkpoint-13").write_text("a file, not a checkpoint dir")
+    _ckpt(root, "checkpoint-final", '{"global_step": 99}')  # not checkpoint-<N>
+    assert last_complete_checkpoint(root) == str(root / "checkpoint-10")
+    assert sorted(p.name for p in root.iterdir()) == [
+        "checkpoint-1", "checkpoint-10", "checkpoint-13", "checkpoint-2", "checkpoint-9", "checkpoint-final"]
+    assert last_complete_checkpoint(root) == str(root / "checkpoint-10")  # idempotent
+
+
+def test_last_complete_checkpoint_none_when_every_one_is_torn(tmp_path: Path) -> None:
+    _ckpt(tmp_path, "checkpoint-3", None)
+    _ckpt(tmp_path, "checkpoint-6", "")
+    assert last_complete_checkpoint(tmp_path) is None
+    assert list(tmp_path.iterdir()) == []  # a fresh start must not trip over them
+
+
+KILL_CHILD = """
+import sys
+from tracewise.records import Problem, write_records
+from tracewise.store import AppendLog
+log = AppendLog(sys.argv[1] + "/log.partial.jsonl", Problem, key=lambda p: p.id)
+for i in range(0, 6, 2):  # three appends of two records
+    log.append([Problem(id=f"p{i}", question="q", answer="1"), Problem(id=f"p{i + 1}", question="q", answer="1")])
+write_records(sys.argv[1] + "/final.jsonl", [Problem(id=f"f{i}", question="q", answer="1") for i in range(5)])
+"""
+
+
+@pytest.mark.parametrize("point,log_lines,final_tmp_lines", [
+    (None, None, None),  # unset: runs to the end
+    ("log.partial.jsonl:1", 2, None),  # killed after the first append (of two records)
+    ("log.partial.jsonl:3", 4, None),  # the append that holds record 3
+    ("final.jsonl:2", 6, 2),  # in the middle of the final file: its .tmp holds 2 records, no final file
+    ("steps:1", None, None),  # another point: no effect here
+])
+def test_kill_hook_kills_right_after_the_chosen_record(tmp_path: Path, point, log_lines, final_tmp_lines) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRACEWISE_TEST_KILL_AFTER"}
+    if point:
+        env["TRACEWISE_TEST_KILL_AFTER"] = point
+    proc = subprocess.run([sys.executable, "-c", KILL_CHILD, str(tmp_path)], env=env, capture_output=True, text=True)
+    if log_lines is None:
+        assert proc.returncode == 0, proc.stderr
+        assert len((tmp_path / "final.jsonl").read_text().splitlines()) == 5
+        return
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert len((tmp_path / "log.partial.jsonl").read_text().splitlines()) == log_lines
+    assert not (tmp_path / "final.jsonl").exists()
+    tmp = tmp_path / "final.jsonl.tmp"
+    assert (len(tmp.read_text().splitlines()) if tmp.exists() else None) == final_tmp_lines
+
+
+def test_kill_hook_refuses_a_malformed_spec(monkeypatch) -> None:
+    from tracewise.records import kill_point
+
+    monkeypatch.setenv("TRACEWISE_TEST_KILL_AFTER", "traces.jsonl")
+    with pytest.raises(ValueError, match="TRACEWISE_TEST_KILL_AFTER='traces.jsonl'"):
+        kill_point("traces.jsonl")

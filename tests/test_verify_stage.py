@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections import Counter
+from unittest import mock
 from pathlib import Path
 
 import pytest
@@ -27,16 +28,27 @@ WORLD = WorldConfig(n_train=60, n_test=10)
 TEACHER = dict(error_rate=[0.2, 0.3, 0.4], format_error_rate=0.05)
 
 
+BACKEND_CALLS: list[tuple[str, str]] = []  # (name, class) of every backend the fixture's generate runs built
+
+
+def _recording_get_backend(real):
+    """Wraps the real ``tracewise.backends.get_backend`` (the real registry decides), recording its calls."""
+    def get_backend(name, **kwargs):
+        backend = real(name, **kwargs)
+        BACKEND_CALLS.append((name, type(backend).__name__))
+        return backend
+    return get_backend
+
+
 @pytest.fixture(scope="module")
 def gens(tmp_path_factory) -> list[str]:
     """Two finished generate runs (r1, gpt-oss) over the same 60 world problems."""
     root = tmp_path_factory.mktemp("gen")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TRACEWISE_NO_PROGRESS", "1")
-        # The integrator registers "embedded" in tracewise.backends; until then the tests do it.
-        from tracewise.backends import BACKENDS
+        import tracewise.backends
 
-        mp.setitem(BACKENDS, "embedded", "tracewise.backends.embedded:EmbeddedTeacherBackend")
+        mp.setattr(tracewise.backends, "get_backend", _recording_get_backend(tracewise.backends.get_backend))
         problems = generate_problems(WORLD, "train")
         corpus = [p.question for p in problems] + [
             write_trace(p, TeacherConfig(style=s), 0)[0] for p in problems for s in ("r1", "gpt-oss")
@@ -222,3 +234,55 @@ def test_math_verify_only_run_and_audit_without_agreement(gens, tmp_path):
     audit = json.loads((run_dir / "audit.json").read_text())
     assert set(audit["accuracy"]) == {"r1"} and "agreement" not in audit
     assert build_audit(verdicts, [], ["math_verify"])["accuracy"]["r1"]["math_verify"]["n"] == 60
+
+
+def test_generate_runs_came_from_the_registered_embedded_backend(gens):
+    """The fixture patches nothing into the registry: `generate` resolved "embedded" itself, and the
+    traces are exactly the embedded teacher's (write_trace with generate's default seed 0)."""
+    assert BACKEND_CALLS == [("embedded", "EmbeddedTeacherBackend")] * 2
+    problems = {p.id: p for p in generate_problems(WORLD, "train")}
+    traces = traces_of(gens)
+    assert {t.teacher for t in traces} == {"r1", "gpt-oss"}
+    for t in traces:
+        assert t.text == write_trace(problems[t.problem_id], TeacherConfig(style=t.teacher, **TEACHER), 0,
+                                     t.sample_idx)[0]
+
+
+# Hand table: (problem id, gold, completion text, finish_reason) -> the verdicts a person reads off.
+# math_verify: (correct, reason, pred); judge (procedural, no errors: compares the LAST NUMBER of pred and gold
+# as strings, so 1/2 vs 0.5 is "wrong" to it while math-verify sees the same number).
+HAND = [
+    ("h1", "7", "<think>3+4=7</think>So the answer is \\boxed{7}.", "stop", (True, "correct", "7"), True),
+    ("h2", "7", "<think>3+4=8</think>So the answer is \\boxed{8}.", "stop", (False, "wrong", "8"), False),
+    ("h3", "0.5", "<think>half</think>The answer is \\boxed{\\frac{1}{2}}.", "stop",
+     (True, "correct", "\\frac{1}{2}"), False),
+    ("h4", "12", "<think>3*4</think>Answer: 12", "stop", (True, "correct", "12"), True),
+    ("h5", "9", "<think>hmm, let me think</think>", "stop", (False, "no_answer", None), False),
+    # Truncated: never credited, whatever was boxed before the cut (pred is not part of the contract here).
+    ("h6", "5", "<think>2+3 is 5 so \\boxed{5}", "length", (False, "truncated", mock.ANY), False),
+]
+
+
+def test_verdicts_match_a_hand_table(tmp_path):
+    """Independent expected values: written by hand, not computed by `verify()`."""
+    gen = tmp_path / "gen"
+    gen.mkdir()
+    from tracewise.records import to_json_line
+
+    (gen / "problems.jsonl").write_text("".join(to_json_line(Problem(id=pid, question="q?", answer=gold))
+                                                for pid, gold, *_ in HAND))
+    (gen / "traces.jsonl").write_text("".join(
+        to_json_line(Trace(problem_id=pid, teacher="hand", text=text, thinking="", answer_text="",
+                           finish_reason=finish)) for pid, _, text, finish, *_ in HAND))
+    (gen / "DONE").write_text("{}\n")
+    run_dir = run(VerifyConfig(out=str(tmp_path / "out"), generations=[str(gen)],
+                               judge_cfg=JudgeConfig(false_positive_rate=0.0, false_negative_rate=0.0)))
+    got = {(v.method, v.problem_id): v for v in read_records(run_dir / "verdicts.jsonl", Verdict)}
+    for pid, gold, _text, _finish, mv, judge_ok in HAND:
+        v = got[("math_verify", pid)]
+        assert (v.correct, v.reason, v.pred, v.gold) == (*mv, gold), pid
+        assert got[("judge", pid)].correct is judge_ok, pid
+    audit = json.loads((run_dir / "audit.json").read_text())
+    assert audit["accuracy"]["hand"]["math_verify"]["accuracy"] == pytest.approx(3 / 6)  # h1, h3, h4
+    assert audit["accuracy"]["hand"]["judge"]["accuracy"] == pytest.approx(2 / 6)  # h1, h4
+    assert audit["agreement"]["hand"]["rate"] == pytest.approx(5 / 6)  # all but h3

@@ -127,10 +127,14 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: list[st
         p = Path(path)
         if not p.exists():
             raise ValueError(f"{p}: config file not found")
+        if p.is_dir():
+            raise ValueError(f"{p}: is a directory, expected a YAML config file")
         try:
-            loaded = yaml.safe_load(p.read_text())
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
         except yaml.YAMLError as e:
             raise ValueError(f"{p}: not valid YAML ({e})") from None
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{p}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ValueError(f"{p}: expected a mapping at top level")
         data = loaded or {}

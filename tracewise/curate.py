@@ -31,7 +31,7 @@ from tracewise import curation_strategies, decontam
 from tracewise.config import doc
 from tracewise.curation_strategies import STRATEGIES, SelectionConfig
 from tracewise.decontam import DecontamConfig
-from tracewise.records import Problem, Trace, Verdict
+from tracewise.records import Problem, Trace, Verdict, kill_point
 from tracewise.store import is_done, mark_done, save_config, stage_dir
 from tracewise.tokens import student_completion
 from tracewise.verify_stage import (
@@ -207,6 +207,7 @@ def save_dataset(rows: list[dict], path: Path) -> None:
     # from_dict with explicit features also works for zero rows (from_list cannot infer them).
     ds = Dataset.from_dict({k: [r[k] for r in rows] for k in features}, features=features)
     ds.save_to_disk(str(path))
+    kill_point("datasets")  # test hook (TRACEWISE_TEST_KILL_AFTER=datasets:N); no-op when unset
 
 
 def _rate(flags: list[bool]) -> float | None:

@@ -133,9 +133,9 @@ def run(cfg: GenerateConfig) -> Path:
         return run_dir
     # Built before anything is written: a bad model or an unreachable endpoint leaves no partial run dir.
     backend = make_backend(cfg.backend, cfg.model, cfg.teacher, cfg.batch_size, **backend_options(cfg))
+    tokenizer = load_tokenizer(cfg.tokenizer, cfg.trust_remote_code)  # a bad tokenizer: also no run dir
     save_config(run_dir, cfg)
     write_records(run_dir / "problems.jsonl", problems)
-    tokenizer = load_tokenizer(cfg.tokenizer, cfg.trust_remote_code)
     store = AppendLog(run_dir / "traces.partial.jsonl", Trace, key=lambda t: t.key)
     if cfg.retry_failed:
         (run_dir / "failed.partial.jsonl").unlink(missing_ok=True)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -325,39 +326,47 @@ def run(cfg: IngestConfig) -> Path:
     if is_done(run_dir):
         log.info("ingest: %s is complete, nothing to do", run_dir)
         return run_dir
+    tokenizer = load_tokenizer(cfg.tokenizer)  # before anything is written: a bad tokenizer leaves no run dir
+    fresh = not run_dir.exists()
     save_config(run_dir, cfg)
-    tokenizer = load_tokenizer(cfg.tokenizer)
-    store = AppendLog(run_dir / "traces.partial.jsonl", Trace, key=lambda t: t.key)
-    if store.records:
-        log.info("ingest: resuming, %d traces already done", len(store.records))
-    source = Path(cfg.path).stem if Path(cfg.path).is_file() else cfg.path
-    default_teacher = label(source)
-    problems: dict[str, Problem] = {}
-    first_at: dict[str, str] = {}
-    counters: Counter = Counter()  # (teacher, problem id) -> next sample_idx
-    pending: list[Trace] = []
-    with progress_bar("ingest", None) as advance:
-        for where, row in iter_rows(cfg.path, split=cfg.split, subset=cfg.subset or None, limit=cfg.limit):
-            rt = parse_row(row, where, cfg, default_teacher, source)
-            p = rt.problem
-            known = problems.get(p.id)
-            if known is None:
-                problems[p.id], first_at[p.id] = p, where
-            elif (known.question, known.answer) != (p.question, p.answer):
-                raise ValueError(f"{where}: problem id {p.id!r} has a different question or answer than at "
-                                 f"{first_at[p.id]}")
-            for text, parsed, hit_length in rt.samples:
-                idx = counters[(rt.teacher, p.id)]
-                counters[(rt.teacher, p.id)] += 1
-                if not store.done(f"{rt.teacher}|{p.id}|{idx}"):
-                    pending.append(_trace(p.id, rt.teacher, idx, text, parsed, hit_length, rt.meta, tokenizer))
-            if len(pending) >= BATCH:
-                store.append(pending)
-                pending = []
-            advance(1)
-    store.append(pending)
-    if not problems:
-        raise ValueError(f"{cfg.path}: no rows found (empty)")
+    try:
+        store = AppendLog(run_dir / "traces.partial.jsonl", Trace, key=lambda t: t.key)
+        if store.records:
+            log.info("ingest: resuming, %d traces already done", len(store.records))
+        source = Path(cfg.path).stem if Path(cfg.path).is_file() else cfg.path
+        default_teacher = label(source)
+        problems: dict[str, Problem] = {}
+        first_at: dict[str, str] = {}
+        counters: Counter = Counter()  # (teacher, problem id) -> next sample_idx
+        pending: list[Trace] = []
+        with progress_bar("ingest", None) as advance:
+            for where, row in iter_rows(cfg.path, split=cfg.split, subset=cfg.subset or None, limit=cfg.limit):
+                rt = parse_row(row, where, cfg, default_teacher, source)
+                p = rt.problem
+                known = problems.get(p.id)
+                if known is None:
+                    problems[p.id], first_at[p.id] = p, where
+                elif (known.question, known.answer) != (p.question, p.answer):
+                    raise ValueError(f"{where}: problem id {p.id!r} has a different question or answer than at "
+                                     f"{first_at[p.id]}")
+                for text, parsed, hit_length in rt.samples:
+                    idx = counters[(rt.teacher, p.id)]
+                    counters[(rt.teacher, p.id)] += 1
+                    if not store.done(f"{rt.teacher}|{p.id}|{idx}"):
+                        pending.append(_trace(p.id, rt.teacher, idx, text, parsed, hit_length, rt.meta, tokenizer))
+                if len(pending) >= BATCH:
+                    store.append(pending)
+                    pending = []
+                advance(1)
+        store.append(pending)
+        if not problems:
+            raise ValueError(f"{cfg.path}: no rows found (empty)")
+    except ValueError:
+        # A bad row: the input's bytes are in the run dir's name, so this run dir could never finish;
+        # a fresh one is removed (no partial output), one that an earlier run started is left alone.
+        if fresh:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     write_records(run_dir / "problems.jsonl", problems.values())
     store.finalize(run_dir / "traces.jsonl")
     traces = store.records.values()

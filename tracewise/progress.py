@@ -11,6 +11,8 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from tracewise.records import kill_point
+
 console = Console(stderr=True)
 
 
@@ -77,6 +79,10 @@ def trainer_progress_callback(description: str, total: int, describe_log: Callab
 
         def on_step_end(self, args, state, control, **kw):
             self._advance(1)
+            kill_point("steps")  # test hook (TRACEWISE_TEST_KILL_AFTER=steps:N); no-op when unset
+
+        def on_save(self, args, state, control, **kw):
+            kill_point("saves")  # test hook: after the N-th complete checkpoint
 
         def on_log(self, args, state, control, logs=None, **kw):
             if not logs or state.global_step % (args.logging_steps * 10):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import types
 import typing
 from dataclasses import asdict, dataclass, field
@@ -202,6 +203,8 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
     path = Path(path)
     if not path.exists():
         raise ValueError(f"{path}: file not found")
+    if path.is_dir():
+        raise ValueError(f"{path}: is a directory, expected a JSONL file")
     with open(path, "rb") as fh:
         # readline with a limit: a corrupt or hostile file without newlines is refused after
         # MAX_LINE_BYTES instead of being read whole into memory.
@@ -227,15 +230,49 @@ def read_records(path: str | os.PathLike, cls: type[R]) -> list[R]:
     return [from_dict(cls, obj, f"{path}:{n}") for n, obj in iter_jsonl(path)]
 
 
+# Test hook (kill/resume tests): TRACEWISE_TEST_KILL_AFTER="<point>:<N>" SIGKILLs the process right
+# after the N-th event of <point>: a JSONL file name (the N-th record written to it, by write_records or
+# an AppendLog, flushed and fsynced first), "steps" (the N-th optimizer step this process ends, before
+# that step's checkpoint) or "saves" (the N-th checkpoint this process has saved completely), or
+# "datasets" (the N-th dataset `curate` saved). Counts are per process. Unset, it costs one dict lookup
+# per call (per file written, per append batch, per step), never per record.
+KILL_ENV = "TRACEWISE_TEST_KILL_AFTER"
+_kill_counts: dict[str, int] = {}
+
+
+def kill_armed() -> bool:
+    return bool(os.environ.get(KILL_ENV))
+
+
+def kill_point(point: str, n: int = 1) -> None:
+    """Count ``n`` events of ``point``; SIGKILL this process once the armed count is reached (test hook)."""
+    spec = os.environ.get(KILL_ENV)
+    if not spec:
+        return
+    want, _, count = spec.rpartition(":")
+    if not want or not count.isdigit() or int(count) < 1:
+        raise ValueError(f"{KILL_ENV}={spec!r}: expected '<point>:<N>' with N >= 1 (a test hook)")
+    if point != want:
+        return
+    _kill_counts[point] = _kill_counts.get(point, 0) + n
+    if _kill_counts[point] >= int(count):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def write_records(path: str | os.PathLike, records: Iterable[Any]) -> Path:
     """Write records atomically (temp file + rename): readers never see a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
+    armed = kill_armed()
     try:
         with open(tmp, "w", encoding="utf-8") as fh:
             for rec in records:
                 fh.write(to_json_line(rec))
+                if armed:  # test hook: a kill in the middle of writing the file, after this record
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                    kill_point(path.name)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

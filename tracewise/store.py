@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from tracewise.fingerprint import input_digest, path_digest  # noqa: F401  (path_digest: re-exported)
-from tracewise.records import from_dict, iter_jsonl, to_json_line, write_records
+from tracewise.records import from_dict, iter_jsonl, kill_point, to_json_line, write_records
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +153,7 @@ class AppendLog:
             fh.write("".join(lines))
             fh.flush()
             os.fsync(fh.fileno())
+        kill_point(self.path.name, len(lines))  # test hook (TRACEWISE_TEST_KILL_AFTER); no-op when unset
 
     def finalize(self, final_path: str | os.PathLike) -> Path:
         """Write all records sorted by key to ``final_path`` atomically, then drop the log."""
