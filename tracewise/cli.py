@@ -17,8 +17,8 @@ from typing import Callable, Optional
 import typer
 from rich.markup import escape
 
-from tracewise.config import dump_config, load_config
-from tracewise.progress import console, setup_logging
+from tracewise.core.config import dump_config, load_config
+from tracewise.core.logs import console, setup_logging
 
 log = logging.getLogger("tracewise")
 
@@ -39,13 +39,13 @@ app.add_typer(study_app, name="study")
 # stage name -> (module, config class, run function name)
 STAGES: dict[str, tuple[str, str]] = {
     "init-student": ("tracewise.world.init_stage", "InitStudentConfig"),
-    "generate": ("tracewise.generate", "GenerateConfig"),
-    "ingest": ("tracewise.ingest", "IngestConfig"),
-    "verify": ("tracewise.verify_stage", "VerifyConfig"),
-    "curate": ("tracewise.curate", "CurateConfig"),
+    "generate": ("tracewise.generate.stage", "GenerateConfig"),
+    "ingest": ("tracewise.generate.ingest", "IngestConfig"),
+    "verify": ("tracewise.verify.stage", "VerifyConfig"),
+    "curate": ("tracewise.curate.stage", "CurateConfig"),
     "sft": ("tracewise.train.sft", "SFTRunConfig"),
-    "eval": ("tracewise.evaluate", "EvalConfig"),
-    "report": ("tracewise.report", "ReportConfig"),
+    "eval": ("tracewise.evaluate.stage", "EvalConfig"),
+    "report": ("tracewise.report.stage", "ReportConfig"),
     "rl": ("tracewise.train.rl", "RLRunConfig"),
     "rl-alpha": ("tracewise.studies.rl_alpha", "RLAlphaConfig"),
     "controls-study": ("tracewise.studies.controls", "ControlsStudyConfig"),
@@ -207,7 +207,7 @@ def serve(
 ) -> None:
     """OpenAI-compatible server (/v1/models, /v1/completions, /v1/chat/completions) for a local model."""
     setup_logging(log_level)
-    from tracewise.serve import serve as run_server
+    from tracewise.backends.serve import serve as run_server
 
     try:
         run_server(model, port, host, served_model_name=served_model_name, trust_remote_code=trust_remote_code,
@@ -226,7 +226,7 @@ def quickstart(
 ) -> None:
     """The paper's experiment in miniature: R1-style vs gpt-oss-style vs 50/50 students, end to end on CPU."""
     setup_logging(log_level)
-    from tracewise import quickstart as qs
+    from tracewise.studies import quickstart as qs
 
     ov = list(overrides or [])
     if out:

@@ -19,8 +19,8 @@ from tracewise.backends.base import Request, SamplingParams
 from tracewise.backends.hf import HFBackend
 from tracewise.backends.openai_http import FAILED, OpenAIBackend, OpenAIConfig
 from tracewise.cli import app
-from tracewise.controls import supports_prefix
-from tracewise.records import Trace, read_records
+from tracewise.evaluate.controls import supports_prefix
+from tracewise.core.records import Trace, read_records
 
 NAME = "tiny-student"
 KEY_ENV, KEY = "TW_SERVE_TEST_KEY", "sk-serve-test-5a1b2c3d4e5f"

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from tracewise.backends.base import Request, SamplingParams
 from tracewise.backends.hf import HFBackend
 from tracewise.cli import app as cli_app
-from tracewise.serve import build_app, resolve_model_path
+from tracewise.backends.serve import build_app, resolve_model_path
 
 NAME = "tiny"
 KEY = "serve-test-key-0123456789"

@@ -11,8 +11,8 @@ import yaml
 from tracewise.backends import BACKENDS, get_backend
 from tracewise.backends.base import Request, SamplingParams
 from tracewise.backends.vllm import import_vllm
-from tracewise.config import load_config
-from tracewise.generate import GenerateConfig, backend_options
+from tracewise.core.config import load_config
+from tracewise.generate.stage import GenerateConfig, backend_options
 
 
 @pytest.fixture()

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tracewise.config import build, describe, doc, dump_config, load_config, parse_override
-from tracewise.generate import GenerateConfig
+from tracewise.core.config import build, describe, doc, dump_config, load_config, parse_override
+from tracewise.generate.stage import GenerateConfig
 from tracewise.world.judge import JudgeConfig
 from tracewise.world.problems import WorldConfig
 from tracewise.world.teachers import TeacherConfig
@@ -154,10 +154,10 @@ def test_dump_round_trips(tmp_path: Path) -> None:
 
 # ---- every shipped config file loads into the class its first line's command uses ----------------
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHIPPED = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "configs").rglob("*.yaml")
                  if "accelerate" not in p.parts)
-EXTRA_COMMANDS = {"quickstart": ("tracewise.quickstart", "QuickstartConfig"), "rl": ("tracewise.train.rl", "RLRunConfig")}
+EXTRA_COMMANDS = {"quickstart": ("tracewise.studies.quickstart", "QuickstartConfig"), "rl": ("tracewise.train.rl", "RLRunConfig")}
 
 
 def _first_line_command(path: str) -> tuple[list[str], str, list[str]] | None:

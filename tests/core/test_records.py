@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tracewise.records import (
+from tracewise.core.records import (
     SCHEMA_VERSION,
     EvalSummary,
     Problem,

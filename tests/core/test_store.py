@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tracewise.config import doc
-from tracewise.records import Trace, read_records, to_json_line
-from tracewise.store import AppendLog, config_fingerprint, is_done, mark_done, path_digest, save_config, stage_dir
+from tracewise.core.config import doc
+from tracewise.core.records import Trace, read_records, to_json_line
+from tracewise.core.store import AppendLog, config_fingerprint, is_done, mark_done, path_digest, save_config, stage_dir
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tracewise.traces import (
+from tracewise.core.text import (
     THINK_CLOSE,
     THINK_OPEN,
     ParsedTrace,

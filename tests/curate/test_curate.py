@@ -9,15 +9,15 @@ from pathlib import Path
 import pytest
 from datasets import load_from_disk
 
-from tracewise.config import build
-from tracewise.curate import CurateConfig, dataset_path, mix_teacher, run
-from tracewise.generate import GenerateConfig
-from tracewise.generate import run as generate
-from tracewise.problem_sources import ProblemsConfig
-from tracewise.records import Problem, Trace
-from tracewise.tokens import student_completion
-from tracewise.verify_stage import VerifyConfig
-from tracewise.verify_stage import run as verify_run
+from tracewise.core.config import build
+from tracewise.curate.stage import CurateConfig, dataset_path, mix_teacher, run
+from tracewise.generate.stage import GenerateConfig
+from tracewise.generate.stage import run as generate
+from tracewise.data.sources import ProblemsConfig
+from tracewise.core.records import Problem, Trace
+from tracewise.core.tokens import student_completion
+from tracewise.verify.stage import VerifyConfig
+from tracewise.verify.stage import run as verify_run
 from tracewise.world.judge import JudgeConfig
 from tracewise.world.problems import WorldConfig, generate_problems
 from tracewise.world.student import StudentConfig, init_student

@@ -9,16 +9,16 @@ from pathlib import Path
 import pytest
 from datasets import load_from_disk
 
-from tracewise.curate import CurateConfig, dataset_path
-from tracewise.curate import run as curate_run
-from tracewise.curation_strategies import LimoConfig, SelectionConfig, limo_features, limo_scores, select
-from tracewise.decontam import DecontamConfig
-from tracewise.generate import GenerateConfig
-from tracewise.generate import run as generate
-from tracewise.problem_sources import ProblemsConfig
-from tracewise.records import Problem, Sample, Trace, write_records
-from tracewise.verify_stage import VerifyConfig
-from tracewise.verify_stage import run as verify_run
+from tracewise.curate.stage import CurateConfig, dataset_path
+from tracewise.curate.stage import run as curate_run
+from tracewise.curate.strategies import LimoConfig, SelectionConfig, limo_features, limo_scores, select
+from tracewise.curate.decontam import DecontamConfig
+from tracewise.generate.stage import GenerateConfig
+from tracewise.generate.stage import run as generate
+from tracewise.data.sources import ProblemsConfig
+from tracewise.core.records import Problem, Sample, Trace, write_records
+from tracewise.verify.stage import VerifyConfig
+from tracewise.verify.stage import run as verify_run
 from tracewise.world.problems import WorldConfig
 from tracewise.world.teachers import TeacherConfig
 

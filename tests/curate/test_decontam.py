@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 from datasets import load_from_disk
 
-from tracewise.curate import CurateConfig, dataset_path
-from tracewise.curate import run as curate_run
-from tracewise.decontam import DecontamConfig, EvalSet, clean_pool, contaminated, near_duplicates, ngrams
-from tracewise.generate import GenerateConfig
-from tracewise.generate import run as generate
-from tracewise.problem_sources import ProblemsConfig
-from tracewise.records import Problem, write_records
-from tracewise.verify_stage import VerifyConfig
-from tracewise.verify_stage import run as verify_run
+from tracewise.curate.stage import CurateConfig, dataset_path
+from tracewise.curate.stage import run as curate_run
+from tracewise.curate.decontam import DecontamConfig, EvalSet, clean_pool, contaminated, near_duplicates, ngrams
+from tracewise.generate.stage import GenerateConfig
+from tracewise.generate.stage import run as generate
+from tracewise.data.sources import ProblemsConfig
+from tracewise.core.records import Problem, write_records
+from tracewise.verify.stage import VerifyConfig
+from tracewise.verify.stage import run as verify_run
 from tracewise.world.problems import WorldConfig, generate_problems
 from tracewise.world.teachers import TeacherConfig
 
@@ -78,7 +78,7 @@ def test_missing_default_benchmark_is_reported_not_fatal(tmp_path: Path, monkeyp
 
 
 def test_shared_benchmarks_catch_a_real_gsm8k_question():
-    from tracewise.benchmarks import benchmark_path, iter_rows
+    from tracewise.data.benchmarks import benchmark_path, iter_rows
 
     try:
         _, row = next(iter_rows(str(benchmark_path("gsm8k"))))

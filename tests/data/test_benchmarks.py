@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tracewise import benchmarks
-from tracewise.benchmarks import (
+from tracewise.data import benchmarks
+from tracewise.data.benchmarks import (
     BENCHMARKS,
     DEFAULT_TEMPLATE,
     data_dir,
@@ -18,9 +18,9 @@ from tracewise.benchmarks import (
     normalize_gold,
     parse_level,
 )
-from tracewise.problem_sources import ProblemsConfig, load_problems
-from tracewise.records import Problem
-from tracewise.verify import parse_gold_ok, verify
+from tracewise.data.sources import ProblemsConfig, load_problems
+from tracewise.core.records import Problem
+from tracewise.verify.answer import parse_gold_ok, verify
 
 
 def _shared_data() -> bool:
@@ -174,7 +174,7 @@ def test_data_dir_resolution(tmp_path, monkeypatch):
 
 def test_data_dir_lists_what_it_tried(tmp_path, monkeypatch):
     monkeypatch.delenv("TRACEWISE_DATA", raising=False)
-    monkeypatch.setattr(benchmarks, "__file__", str(tmp_path / "a" / "pkg" / "benchmarks.py"))
+    monkeypatch.setattr(benchmarks, "__file__", str(tmp_path / "a" / "pkg" / "data" / "benchmarks.py"))
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ValueError, match=r"tried \$TRACEWISE_DATA \(unset\), .*shared/data, .*/data"):
         data_dir()

@@ -19,7 +19,7 @@ every third success to exercise the client's tokenizer fallback. ``events`` reco
 with its time; ``successes`` counts answers per key.
 
 ``FaultServerProcess`` runs it in a child process (what the 2,000-request test uses); by hand:
-``python tests/fault_server.py --port 8001 --rate 0.05``.
+``python tests/e2e/fault_server.py --port 8001 --rate 0.05``.
 """
 
 from __future__ import annotations

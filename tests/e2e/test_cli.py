@@ -9,7 +9,7 @@ import yaml
 from typer.testing import CliRunner
 
 from tracewise.cli import STAGES, app
-from tracewise.records import Trace, read_records
+from tracewise.core.records import Trace, read_records
 
 runner = CliRunner()
 

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 from fault_server import FaultServer, FaultServerProcess, answer_for
 from tracewise.backends.base import sample_seed
 from tracewise.cli import app
-from tracewise.records import Trace, read_records
+from tracewise.core.records import Trace, read_records
 
 N_PROBLEMS, N_SAMPLES = 1000, 2  # 2,000 requests
 SECRET = "sk-tw-test-7f3a9c1e55d04b2b"

@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tracewise.cli import app
-from tracewise.records import Problem, Trace, Verdict, to_json_line
+from tracewise.core.records import Problem, Trace, Verdict, to_json_line
 
 GOOD = {"id": "p1", "question": "What is 1+1?", "answer": "2"}
 

@@ -40,7 +40,7 @@ SERVER = textwrap.dedent(
     import torch
     torch.set_num_threads(1)
     import datasets, transformers, trl  # noqa: F401  (the slow imports, paid once)
-    import tracewise.cli, tracewise.generate, tracewise.verify_stage, tracewise.curate, tracewise.evaluate
+    import tracewise.cli, tracewise.generate.stage, tracewise.verify.stage, tracewise.curate.stage, tracewise.evaluate.stage
     import tracewise.train.sft, tracewise.train.rl, tracewise.backends.hf, tracewise.backends.embedded  # noqa
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:

@@ -14,9 +14,9 @@ import time
 
 import pytest
 
-from tracewise import quickstart
-from tracewise.config import build
-from tracewise.records import Sample, read_records
+from tracewise.studies import quickstart
+from tracewise.core.config import build
+from tracewise.core.records import Sample, read_records
 
 
 def tiny_config(out: str) -> quickstart.QuickstartConfig:

@@ -10,10 +10,10 @@ import torch
 from tokenizers import Tokenizer, decoders, models
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from tracewise import controls
+from tracewise.evaluate import controls
 from tracewise.backends.base import Request, SamplingParams
 from tracewise.backends.hf import HFBackend
-from tracewise.controls import (
+from tracewise.evaluate.controls import (
     ControlConfig,
     budget_force,
     budget_sweep,
@@ -25,9 +25,9 @@ from tracewise.controls import (
     truncate,
     wait_extend,
 )
-from tracewise.tokens import THINK_CLOSE
-from tracewise.traces import parse_completion
-from tracewise.verify import verify
+from tracewise.core.tokens import THINK_CLOSE
+from tracewise.core.text import parse_completion
+from tracewise.verify.answer import verify
 
 SPECIALS = ["<pad>", "<|end|>", "<|user|>", "<|assistant|>", "<think>", "</think>"]
 CHAT_TEMPLATE = (

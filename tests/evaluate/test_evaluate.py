@@ -8,10 +8,10 @@ import random
 import pytest
 
 from tracewise.backends.base import SamplingParams
-from tracewise.evaluate import EvalConfig, run
-from tracewise.metrics import read_summary
-from tracewise.problem_sources import ProblemsConfig
-from tracewise.records import Sample, read_records
+from tracewise.evaluate.stage import EvalConfig, run
+from tracewise.evaluate.metrics import read_summary
+from tracewise.data.sources import ProblemsConfig
+from tracewise.core.records import Sample, read_records
 from tracewise.world.problems import WorldConfig
 
 
@@ -43,7 +43,7 @@ def test_eval_resume_is_byte_identical(tmp_path, student_path):
     lines = (full / "samples.jsonl").read_text().splitlines(keepends=True)
     # An interrupted run: some samples finished (in another order) and a torn last line.
     part = _cfg(tmp_path / "b", student_path)
-    from tracewise.store import stage_dir
+    from tracewise.core.store import stage_dir
 
     run_dir = stage_dir(part.out, "eval", part, inputs=[student_path])
     run_dir.mkdir(parents=True)
@@ -69,7 +69,7 @@ def test_eval_bad_input(tmp_path, student_path):
 
 
 def test_eval_with_budget_forcing_caps_thinking(tmp_path, student_path):
-    from tracewise.controls import ControlConfig
+    from tracewise.evaluate.controls import ControlConfig
 
     run_dir = run(_cfg(tmp_path, student_path, control=ControlConfig(name="budget_force", budget=5, answer_tokens=6)))
     samples = read_records(run_dir / "samples.jsonl", Sample)

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from tracewise.backends.base import SamplingParams
-from tracewise.evaluate import EvalConfig, run
-from tracewise.few_shot import FewShotConfig, few_shot_messages, load_exemplars
-from tracewise.metrics import read_summary
-from tracewise.problem_sources import ProblemsConfig
+from tracewise.evaluate.stage import EvalConfig, run
+from tracewise.evaluate.few_shot import FewShotConfig, few_shot_messages, load_exemplars
+from tracewise.evaluate.metrics import read_summary
+from tracewise.data.sources import ProblemsConfig
 from tracewise.studies import few_shot as study
 from tracewise.world.problems import WorldConfig
 

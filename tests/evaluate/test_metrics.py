@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from tracewise.metrics import maj_at_k, pass_at_k, read_summary, summarize, write_summary
-from tracewise.records import Sample
+from tracewise.evaluate.metrics import maj_at_k, pass_at_k, read_summary, summarize, write_summary
+from tracewise.core.records import Sample
 
 
 def make_sample(pid: str, idx: int, correct: bool, tokens: int, level: int = 1, pred: str | None = "1",

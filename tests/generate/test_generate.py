@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-import tracewise.generate as gen
+import tracewise.generate.stage as gen
 from tracewise.backends.base import SamplingParams
-from tracewise.generate import GenerateConfig, run
-from tracewise.problem_sources import ProblemsConfig
-from tracewise.records import Problem, Trace, read_records
-from tracewise.store import is_done
+from tracewise.generate.stage import GenerateConfig, run
+from tracewise.data.sources import ProblemsConfig
+from tracewise.core.records import Problem, Trace, read_records
+from tracewise.core.store import is_done
 from tracewise.world.problems import WorldConfig
 from tracewise.world.teachers import STYLES, TeacherConfig
 
@@ -169,8 +169,8 @@ CHILD = textwrap.dedent(
     except ImportError:
         pass
     from tracewise.backends.base import SamplingParams
-    from tracewise.generate import GenerateConfig, run
-    from tracewise.problem_sources import ProblemsConfig
+    from tracewise.generate.stage import GenerateConfig, run
+    from tracewise.data.sources import ProblemsConfig
     from tracewise.world.problems import WorldConfig
     from tracewise.world.teachers import TeacherConfig
     go = Path(sys.argv[1])

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from tracewise.benchmarks import data_dir
-from tracewise.config import load_config
-from tracewise.ingest import IngestConfig, label, render_harmony, run, split_messages, split_text
-from tracewise.records import Problem, Trace, read_records
-from tracewise.tokens import load_tokenizer, span_counts
-from tracewise.traces import parse_completion
+from tracewise.data.benchmarks import data_dir
+from tracewise.core.config import load_config
+from tracewise.generate.ingest import IngestConfig, label, render_harmony, run, split_messages, split_text
+from tracewise.core.records import Problem, Trace, read_records
+from tracewise.core.tokens import load_tokenizer, span_counts
+from tracewise.core.text import parse_completion
 
-FIXTURES = Path(__file__).parent / "fixtures" / "ingest"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "ingest"
 
 
 def _real_traces() -> Path:
@@ -220,9 +220,9 @@ def test_label():
 
 @pytest.mark.skipif(not REAL_TRACES.is_file(), reason="shared data directory not present")
 def test_real_r1_distill_traces_out_of_the_box(tmp_path, tokenizer_path):
-    from tracewise.records import Verdict
-    from tracewise.verify_stage import VerifyConfig
-    from tracewise.verify_stage import run as verify_run
+    from tracewise.core.records import Verdict
+    from tracewise.verify.stage import VerifyConfig
+    from tracewise.verify.stage import run as verify_run
 
     d = run(IngestConfig(out=str(tmp_path), path=str(REAL_TRACES), tokenizer=tokenizer_path))
     traces = read_records(d / "traces.jsonl", Trace)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tracewise.diagnostics import consistency, consistency_reading, plot_solve_histogram
-from tracewise.records import Sample
+from tracewise.report.diagnostics import consistency, consistency_reading, plot_solve_histogram
+from tracewise.core.records import Sample
 
 
 def _samples(exp: str, per_problem: list[list[bool]]) -> list[Sample]:

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from tracewise.config import build
-from tracewise.metrics import read_summary, summarize, write_summary
-from tracewise.records import Sample, write_records
-from tracewise.report import (
+from tracewise.core.config import build
+from tracewise.evaluate.metrics import read_summary, summarize, write_summary
+from tracewise.core.records import Sample, write_records
+from tracewise.report.stage import (
     ReportConfig,
     difficulty_reading,
     headline,

@@ -10,12 +10,12 @@ from typer.testing import CliRunner
 
 from tracewise.backends.base import SamplingParams
 from tracewise.cli import app
-from tracewise.controls import ControlConfig
-from tracewise.evaluate import EvalConfig, run
-from tracewise.metrics import ROW_FIELDS, read_summary
-from tracewise.problem_sources import ProblemsConfig
-from tracewise.records import Sample, read_records
-from tracewise.studies import controls_report as cr
+from tracewise.evaluate.controls import ControlConfig
+from tracewise.evaluate.stage import EvalConfig, run
+from tracewise.evaluate.metrics import ROW_FIELDS, read_summary
+from tracewise.data.sources import ProblemsConfig
+from tracewise.core.records import Sample, read_records
+from tracewise.report import controls as cr
 from tracewise.world.problems import WorldConfig
 
 runner = CliRunner()
@@ -68,7 +68,7 @@ def test_eval_sweep_resumes_from_a_partial_log(tmp_path, student_path):
     full = run(cfg)
     lines = (full / "samples.jsonl").read_text().splitlines(keepends=True)
     other = _cfg(tmp_path / "b", student_path, control=ControlConfig(budgets=[3, 5], answer_tokens=4))
-    from tracewise.store import stage_dir
+    from tracewise.core.store import stage_dir
 
     part = stage_dir(other.out, "eval", other, inputs=[student_path])
     part.mkdir(parents=True)
@@ -190,9 +190,9 @@ def test_section_table_reading_and_plot(tmp_path):
 
 
 def test_report_adds_the_section_for_control_rows(tmp_path):
-    from tracewise.metrics import write_summary
-    from tracewise.report import ReportConfig
-    from tracewise.report import run as report
+    from tracewise.evaluate.metrics import write_summary
+    from tracewise.report.stage import ReportConfig
+    from tracewise.report.stage import run as report
 
     write_summary(tmp_path / "summary_in.json", ROWS)
     report(ReportConfig(out=str(tmp_path / "rep"), summaries=[str(tmp_path / "summary_in.json")]))

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from tracewise.config import load_config
+from tracewise.core.config import load_config
 from tracewise.studies import rl_alpha
 from tracewise.studies.rl_alpha import RLAlphaConfig, reading
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _row(alpha, tokens, p1):

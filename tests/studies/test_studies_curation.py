@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tracewise.config import load_config
-from tracewise.curation_strategies import SelectionConfig
-from tracewise.decontam import DecontamConfig
+from tracewise.core.config import load_config
+from tracewise.curate.strategies import SelectionConfig
+from tracewise.curate.decontam import DecontamConfig
 from tracewise.studies import curation_ablation, judge_bias
 from tracewise.studies.curation_common import StudyEval, StudyTrain, pearson
 from tracewise.studies.curation_ablation import CurationStudyConfig
@@ -18,7 +18,7 @@ from tracewise.world.judge import JudgeConfig
 from tracewise.world.problems import WorldConfig
 from tracewise.world.teachers import TeacherConfig
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_shipped_configs_load():

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from tracewise.config import load_config
-from tracewise.problem_sources import ProblemsConfig
+from tracewise.core.config import load_config
+from tracewise.data.sources import ProblemsConfig
 from tracewise.train import rl
 from tracewise.train.rl import RLRunConfig
 from tracewise.world.problems import WorldConfig
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +26,8 @@ def sft_model(tmp_path_factory: pytest.TempPathFactory) -> str:
     init never stops or answers, so every reward is 0 and nothing would change)."""
     import torch
 
-    from tracewise.curate import save_dataset
-    from tracewise.tokens import student_completion
+    from tracewise.curate.stage import save_dataset
+    from tracewise.core.tokens import student_completion
     from tracewise.train.sft import SFTRunConfig, model_dir
     from tracewise.train.sft import run as sft_run
     from tracewise.world.init_stage import InitStudentConfig, model_path

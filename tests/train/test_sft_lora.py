@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from tracewise.config import build
+from tracewise.core.config import build
 from tracewise.train.sft import LoRASpec, SFTRunConfig, adapter_dir, grad_accum_for, model_dir, run
 from conftest import save_pens_dataset
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

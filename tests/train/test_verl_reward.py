@@ -12,7 +12,7 @@ import yaml
 from tracewise.train import rewards as R
 from tracewise.train import verl_reward as V
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 RIGHT = "<think>2 + 2 = 4</think>The answer is $\\boxed{4}$."
 WRONG = "<think>2 + 2 = 5</think>The answer is $\\boxed{5}$."
 
@@ -120,7 +120,7 @@ def test_shipped_verl_configs_load_the_adapter_with_their_kwargs(name, student_p
 def test_export_parquet_writes_verl_rows_and_checks_golds(tmp_path):
     import pandas as pd
 
-    from tracewise.problem_sources import ProblemsConfig
+    from tracewise.data.sources import ProblemsConfig
     from tracewise.world.problems import WorldConfig
 
     path = V.export_parquet(ProblemsConfig(world=WorldConfig(n_train=5, n_test=0)), tmp_path / "train.parquet")

@@ -12,9 +12,9 @@ import json
 import pytest
 
 from tracewise.backends.base import Completion
-from tracewise.judge_llm import JudgeItem, LLMJudge, LLMJudgeConfig, excerpt, parse_verdict, render_prompt
-from tracewise.records import Problem, Trace, Verdict, read_records
-from tracewise.verify_stage import VerifyConfig, verdicts_for_batch
+from tracewise.verify.llm_judge import JudgeItem, LLMJudge, LLMJudgeConfig, excerpt, parse_verdict, render_prompt
+from tracewise.core.records import Problem, Trace, Verdict, read_records
+from tracewise.verify.stage import VerifyConfig, verdicts_for_batch
 
 WORLD_N = 12
 
@@ -117,9 +117,9 @@ def test_batch_verdicts_reasons_raw_and_one_backend_call():
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> dict:
     """Two tiny generate runs and a tiny random Llama (with chat template) to serve as the judge."""
-    from tracewise.generate import GenerateConfig
-    from tracewise.generate import run as generate
-    from tracewise.problem_sources import ProblemsConfig
+    from tracewise.generate.stage import GenerateConfig
+    from tracewise.generate.stage import run as generate
+    from tracewise.data.sources import ProblemsConfig
     from tracewise.world.problems import WorldConfig, generate_problems
     from tracewise.world.student import StudentConfig, init_student
     from tracewise.world.teachers import TeacherConfig, write_trace
@@ -143,9 +143,9 @@ def test_hf_judge_end_to_end_raw_outputs_batches_and_curate_disagreements(world,
 
     from tracewise.backends.hf import HFBackend
     from tracewise.cli import app
-    from tracewise.curate import CurateConfig
-    from tracewise.curate import run as curate
-    from tracewise.verify_stage import run as verify
+    from tracewise.curate.stage import CurateConfig
+    from tracewise.curate.stage import run as curate
+    from tracewise.verify.stage import run as verify
 
     torch.set_num_threads(1)
     batches = []
@@ -203,8 +203,8 @@ def test_hf_judge_end_to_end_raw_outputs_batches_and_curate_disagreements(world,
 
 def test_requests_the_backend_gave_up_on_are_retried_by_a_rerun(world, tmp_path, monkeypatch):
     from tracewise.backends.hf import HFBackend
-    from tracewise.store import is_done
-    from tracewise.verify_stage import run as verify
+    from tracewise.core.store import is_done
+    from tracewise.verify.stage import run as verify
 
     real = HFBackend.generate
     asked: list[list[str]] = []

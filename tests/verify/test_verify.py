@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from tracewise import verify as verify_module
-from tracewise.records import VERDICT_REASONS
-from tracewise.verify import VerifyResult, extract_answer, parse_gold_ok, verify
+from tracewise.verify import answer as verify_module
+from tracewise.core.records import VERDICT_REASONS
+from tracewise.verify.answer import VerifyResult, extract_answer, parse_gold_ok, verify
 
 HARMONY = (
     "<|channel|>analysis<|message|>3+4=7. 7-2=5. Maybe \\boxed{7}?<|end|>"

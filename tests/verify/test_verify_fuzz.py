@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 import tracewise
-from tracewise.records import VERDICT_REASONS
-from tracewise.verify import VerifyResult, judge_prepared, prepare, verify
-from tracewise.verify_pool import VerifyPool, verify_many
+from tracewise.core.records import VERDICT_REASONS
+from tracewise.verify.answer import VerifyResult, judge_prepared, prepare, verify
+from tracewise.verify.pool import VerifyPool, verify_many
 
 TIMEOUT_S = 2.0
 SLACK_S = 1.0  # scheduling on a loaded 2-core machine: the parent notices a deadline a little late

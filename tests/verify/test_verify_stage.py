@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-import tracewise.verify_stage as vs
-from tracewise.config import build
-from tracewise.generate import GenerateConfig
-from tracewise.generate import run as generate
-from tracewise.problem_sources import ProblemsConfig
-from tracewise.records import Problem, Trace, Verdict, read_records
-from tracewise.verify import verify
-from tracewise.verify_stage import VerifyConfig, build_audit, make_judge, run, verdicts_for
+import tracewise.verify.stage as vs
+from tracewise.core.config import build
+from tracewise.generate.stage import GenerateConfig
+from tracewise.generate.stage import run as generate
+from tracewise.data.sources import ProblemsConfig
+from tracewise.core.records import Problem, Trace, Verdict, read_records
+from tracewise.verify.answer import verify
+from tracewise.verify.stage import VerifyConfig, build_audit, make_judge, run, verdicts_for
 from tracewise.world.judge import JudgeConfig, procedural_judge
 from tracewise.world.problems import WorldConfig, generate_problems
 from tracewise.world.student import StudentConfig, init_student

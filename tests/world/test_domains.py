@@ -6,11 +6,11 @@ from collections import Counter
 
 import pytest
 
-from tracewise.problem_sources import ProblemsConfig, load_problems
-from tracewise.records import to_json_line
-from tracewise.tokens import span_counts
-from tracewise.traces import parse_completion
-from tracewise.verify import verify
+from tracewise.data.sources import ProblemsConfig, load_problems
+from tracewise.core.records import to_json_line
+from tracewise.core.tokens import span_counts
+from tracewise.core.text import parse_completion
+from tracewise.verify.answer import verify
 from tracewise.world.domains import DOMAIN_NAMES, get_domain
 from tracewise.world.judge import JudgeConfig, procedural_judge
 from tracewise.world.problems import WorldConfig, generate_problems

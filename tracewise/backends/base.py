@@ -12,7 +12,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Protocol
 
-from tracewise.records import Problem
+from tracewise.core.records import Problem
 
 
 @dataclass

@@ -15,7 +15,7 @@ that exhausts its retries (or gets a non-retryable 4xx) becomes a ``Completion``
 callers just do not get that sample, so their own resume logic asks again next run.
 
 The API key is read from the environment variable *named* by ``api_key_env`` and registered with
-``tracewise.redact`` so it never reaches a log line, a saved config or a stored failure reason.
+``tracewise.core.redact`` so it never reaches a log line, a saved config or a stored failure reason.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from typing import Any, Callable, Iterator
 import httpx
 
 from tracewise.backends.base import Completion, Request, SamplingParams, sample_seed
-from tracewise.config import doc
-from tracewise.redact import check_env_name, redact, register_secret
+from tracewise.core.config import doc
+from tracewise.core.redact import check_env_name, redact, register_secret
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ class OpenAIBackend:
         """The configured tokenizer (chat template on /v1/completions; counts when usage is missing);
         without one, the served model name, which vLLM and SGLang default to the model's path or HF id."""
         if self._tokenizer is None:
-            from tracewise.tokens import load_tokenizer
+            from tracewise.core.tokens import load_tokenizer
 
             try:
                 self._tokenizer = load_tokenizer(self.cfg.tokenizer or self.model, self.trust_remote_code)

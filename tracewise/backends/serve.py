@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from tracewise.backends.base import Completion, Request, SamplingParams
-from tracewise.redact import check_env_name, register_secret
+from tracewise.core.redact import check_env_name, register_secret
 
 try:  # module level: FastAPI resolves the handlers' (string) annotations in this module's globals
     from fastapi import Request as HTTPRequest

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from tracewise.backends.base import Completion, Request, SamplingParams, sample_seed
-from tracewise.config import doc
+from tracewise.core.config import doc
 
 log = logging.getLogger(__name__)
 

@@ -67,7 +67,7 @@ def safe_config_yaml(cfg: Any) -> str:
     """The YAML of a config dataclass with secrets masked (what ``store.save_config`` writes)."""
     import yaml
 
-    from tracewise.config import to_dict
+    from tracewise.core.config import to_dict
 
     return yaml.safe_dump(redact_obj(to_dict(cfg)), sort_keys=False)
 

@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from tracewise.records import from_dict, iter_jsonl, to_json_line, write_records
+from tracewise.core.records import from_dict, iter_jsonl, to_json_line, write_records
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def mark_done(run_dir: Path, manifest: dict | None = None) -> None:
 def save_config(run_dir: Path, cfg: Any) -> None:
     """Record the config a stage ran with. Keys come from env vars named in the config, never the
     config itself; still, registered secrets, URL credentials and secret-named keys are masked."""
-    from tracewise.redact import safe_config_yaml
+    from tracewise.core.redact import safe_config_yaml
 
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(safe_config_yaml(cfg))

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from tracewise.config import doc
-from tracewise.records import Problem
+from tracewise.core.config import doc
+from tracewise.core.records import Problem
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class DecontamConfig:
             raise ValueError(f"curate.decontam.near_dup_threshold must be in (0, 1], got {self.near_dup_threshold}")
         if self.num_perm < 16:
             raise ValueError(f"curate.decontam.num_perm must be >= 16, got {self.num_perm}")
-        from tracewise.benchmarks import BENCHMARKS
+        from tracewise.data.benchmarks import BENCHMARKS
 
         bad = [b for b in self.benchmarks if b not in BENCHMARKS]
         if bad:
@@ -105,7 +105,7 @@ class EvalSet:
 
 
 def _questions(path: str | Path, field: str | None = None) -> list[str]:
-    from tracewise.benchmarks import QUESTION_COLUMNS, iter_rows
+    from tracewise.data.benchmarks import QUESTION_COLUMNS, iter_rows
 
     out = []
     for where, row in iter_rows(str(path)):
@@ -118,7 +118,7 @@ def _questions(path: str | Path, field: str | None = None) -> list[str]:
 
 def eval_sets(cfg: DecontamConfig, world_configs: Iterable = ()) -> tuple[list[EvalSet], list[str]]:
     """The evaluation sets to check, and the names of default benchmarks whose file is missing."""
-    from tracewise.benchmarks import BENCHMARKS, benchmark_path
+    from tracewise.data.benchmarks import BENCHMARKS, benchmark_path
     from tracewise.world.problems import generate_problems
 
     sets, missing = [], []
@@ -274,8 +274,8 @@ def render(report: dict) -> list[str]:
 
 def world_configs_of(generation_dirs: Iterable[str]) -> list:
     """World configs of the generate runs whose problems come from the embedded world."""
-    from tracewise.config import load_config
-    from tracewise.generate import GenerateConfig
+    from tracewise.core.config import load_config
+    from tracewise.generate.stage import GenerateConfig
 
     out = []
     for d in generation_dirs:

@@ -9,7 +9,7 @@ hash of ``(mix_seed, problem_id)``: unlike a shuffle, a problem's pick does not 
 problems are added or inputs are listed in another order.
 
 Before the filter, the pool is decontaminated against every evaluation set in use and deduplicated
-(``tracewise.decontam``); after it, a curation strategy (``tracewise.curation_strategies``: random,
+(``tracewise.curate.decontam``); after it, a curation strategy (``tracewise.curate.strategies``: random,
 s1, LIMO, difficulty-adaptive) may pick ``target_size`` problems, saved as ``datasets/selected/``.
 
 Outputs: ``datasets/<teacher>/`` and ``datasets/<mix_name>/`` (``save_to_disk``), ``kept.json``,
@@ -27,14 +27,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean
 
-from tracewise import curation_strategies, decontam
-from tracewise.config import doc
-from tracewise.curation_strategies import STRATEGIES, SelectionConfig
-from tracewise.decontam import DecontamConfig
-from tracewise.records import Problem, Trace, Verdict
-from tracewise.store import is_done, mark_done, save_config, stage_dir
-from tracewise.tokens import student_completion
-from tracewise.verify_stage import (
+from tracewise.curate import decontam
+from tracewise.curate import strategies as curation_strategies
+from tracewise.core.config import doc
+from tracewise.curate.strategies import STRATEGIES, SelectionConfig
+from tracewise.curate.decontam import DecontamConfig
+from tracewise.core.records import Problem, Trace, Verdict
+from tracewise.core.store import is_done, mark_done, save_config, stage_dir
+from tracewise.core.tokens import student_completion
+from tracewise.verify.stage import (
     content_ordered,
     generation_files,
     load_generations,
@@ -71,7 +72,7 @@ class CurateConfig:
     decontam: DecontamConfig = doc("Decontamination against eval sets and dedup, before the filter.",
                                    factory=DecontamConfig)
     strategy: str = doc("Curation strategy: 'all' (every kept problem), 'random', 's1', 'limo' or 'adaptive' "
-                        "(see tracewise.curation_strategies); the pick is saved as datasets/selected.", "all")
+                        "(see tracewise.curate.strategies); the pick is saved as datasets/selected.", "all")
     target_size: int = doc("Problems the strategy keeps (required unless strategy='all').", 0)
     selection: SelectionConfig = doc("Strategy settings: seed, reference student, LIMO words, adaptive threshold.",
                                      factory=SelectionConfig)
@@ -226,7 +227,7 @@ def judge_disagreements(inp: CurationInputs) -> list[dict]:
     Sorted by teacher then problem. ``raw_excerpt`` is the judge's reply outside its thinking, short
     enough for a table row; ``raw`` is all of it.
     """
-    from tracewise.judge_llm import excerpt
+    from tracewise.verify.llm_judge import excerpt
 
     rows = []
     for t in inp.teachers:
@@ -372,7 +373,7 @@ def _write_disagreements(path: Path, rows: list[dict]) -> None:
 
 def _extra_inputs(cfg: CurateConfig) -> list[Path]:
     """Files besides the traces whose bytes change the result: eval sets, generate configs, reference."""
-    from tracewise.benchmarks import benchmark_path
+    from tracewise.data.benchmarks import benchmark_path
 
     out = []
     if cfg.decontam.enabled:

@@ -27,8 +27,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tracewise.config import doc
-from tracewise.records import Problem, Sample, Trace, from_dict, iter_jsonl
+from tracewise.core.config import doc
+from tracewise.core.records import Problem, Sample, Trace, from_dict, iter_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +211,7 @@ def _mean_tokens(teachers, traces, pool) -> dict[str, float]:
 def select(strategy: str, n: int, pool: list[str], problems: dict[str, Problem], teachers: list[str],
            traces: dict[str, dict[str, Trace]], cfg: SelectionConfig, mix_seed: int = 0) -> Selection:
     """Pick ``n`` problems (and one teacher each) from ``pool``; ValueError before any output if impossible."""
-    from tracewise.curate import mix_teacher
+    from tracewise.curate.stage import mix_teacher
 
     if strategy not in STRATEGIES or strategy == "all":
         raise ValueError(f"curate.strategy: unknown strategy {strategy!r}; valid: {list(STRATEGIES)}")

@@ -2,7 +2,7 @@
 
 Benchmarks are read from local copies (``data_dir()``: the normalized JSONL files described in
 ``shared/data/README.md``), from any local JSONL/parquet file, or from a Hugging Face dataset name.
-Every gold answer is checked with :func:`tracewise.verify.parse_gold_ok` at load time: a gold that
+Every gold answer is checked with :func:`tracewise.verify.answer.parse_gold_ok` at load time: a gold that
 math-verify cannot read makes every sample of that problem "unparseable_gold", which would look
 like a student failure in the tables, so it is an error unless explicitly allowed.
 
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from tracewise.records import Problem, iter_jsonl
+from tracewise.core.records import Problem, iter_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def data_dir() -> Path:
         if Path(env).is_dir():
             return Path(env)
         raise ValueError(f"TRACEWISE_DATA={env}: directory not found")
-    tried = [Path(__file__).resolve().parents[1].parent / "shared" / "data", Path("data").resolve()]
+    tried = [Path(__file__).resolve().parents[2].parent / "shared" / "data", Path("data").resolve()]
     for d in tried:
         if d.is_dir():
             return d
@@ -241,7 +241,7 @@ def _gold_text(row: dict, where: str, mapped: str | None, meta: dict) -> str:
         # Only a worked solution: GSM8K's '#### N' or MATH's last \boxed{} carries the answer.
         sol_col = next((c for c in SOLUTION_COLUMNS if isinstance(row.get(c), str)), None)
         if sol_col is not None:
-            from tracewise.verify import extract_answer
+            from tracewise.verify.answer import extract_answer
 
             gold = gsm8k_gold(row[sol_col]) or extract_answer(row[sol_col])
             if gold:
@@ -253,7 +253,7 @@ def _gold_text(row: dict, where: str, mapped: str | None, meta: dict) -> str:
 
 def check_golds(problems: list[Problem], source: str, allow_bad_gold: bool) -> None:
     """Refuse (or, if allowed, flag in ``meta['bad_gold']``) golds that math-verify cannot read."""
-    from tracewise.verify import parse_gold_ok
+    from tracewise.verify.answer import parse_gold_ok
 
     bad = [p for p in problems if not parse_gold_ok(p.answer)]
     if not bad:

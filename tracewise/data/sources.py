@@ -8,9 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from tracewise.benchmarks import BENCHMARKS, benchmark_path, load_benchmark
-from tracewise.config import doc
-from tracewise.records import Problem, from_dict, iter_jsonl
+from tracewise.data.benchmarks import BENCHMARKS, benchmark_path, load_benchmark
+from tracewise.core.config import doc
+from tracewise.core.records import Problem, from_dict, iter_jsonl
 from tracewise.world.problems import WorldConfig, generate_problems
 
 
@@ -19,7 +19,7 @@ class ProblemsConfig:
     """Which problems a stage works on."""
 
     source: str = doc("'world' for the embedded world, a benchmark name (gsm8k, math500, aime24, gsm8k_train, "
-                      "math_train; see tracewise.benchmarks), or a path to a JSONL file with "
+                      "math_train; see tracewise.data.benchmarks), or a path to a JSONL file with "
                       "id/question|problem/answer.", "world")
     split: str = doc("World split to use: 'train' or 'test'.", "train")
     limit: int | None = doc("Use only the first N problems (None = all).", None)

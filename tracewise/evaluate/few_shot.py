@@ -11,7 +11,7 @@ Exemplar sources (``load_exemplars``), checked before anything is generated:
   ``{"prompt": [messages], "completion": [messages]}`` (TRL conversational prompt-completion, as
   ``tracewise curate`` writes), or ``{"messages": [user ..., assistant]}``;
 * a ``datasets.save_to_disk`` directory with the same columns, e.g. a curate run's
-  ``datasets/<teacher>`` (``tracewise.curate.dataset_path``).
+  ``datasets/<teacher>`` (``tracewise.curate.stage.dataset_path``).
 
 Anything else is a ValueError naming the file (and line or row).
 """
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from tracewise.config import doc
+from tracewise.core.config import doc
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from tracewise.records import EvalSummary, Sample
+from tracewise.core.records import EvalSummary, Sample
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 n samples per problem (default 8 at temperature 0.6), each verified with math-verify; unbiased
 pass@k, maj@k, mean generated tokens split into thinking and answer, accuracy per 1k tokens, and
-bootstrap CIs (``tracewise.metrics``). Writes per-sample ``samples.jsonl`` and ``summary.json``.
+bootstrap CIs (``tracewise.evaluate.metrics``). Writes per-sample ``samples.jsonl`` and ``summary.json``.
 """
 
 from __future__ import annotations
@@ -12,18 +12,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tracewise.backends.base import Completion, Request, SamplingParams
-from tracewise.config import doc
-from tracewise.controls import ControlConfig, check_backend_for, control_sweep, run_control
-from tracewise.few_shot import FewShotConfig, few_shot_messages
-from tracewise.metrics import summarize, write_summary
-from tracewise.problem_sources import ProblemsConfig, load_problems
-from tracewise.progress import progress_bar
-from tracewise.records import Problem, Sample
-from tracewise.store import AppendLog, is_done, mark_done, save_config, stage_dir
-from tracewise.tokens import THINK_CLOSE, n_tokens
-from tracewise.traces import parse_completion
-from tracewise.verify import VerifyResult, verify
-from tracewise.verify_pool import DEFAULT_TIMEOUT_S, verify_many
+from tracewise.core.config import doc
+from tracewise.evaluate.controls import ControlConfig, check_backend_for, control_sweep, run_control
+from tracewise.evaluate.few_shot import FewShotConfig, few_shot_messages
+from tracewise.evaluate.metrics import summarize, write_summary
+from tracewise.data.sources import ProblemsConfig, load_problems
+from tracewise.core.logs import progress_bar
+from tracewise.core.records import Problem, Sample
+from tracewise.core.store import AppendLog, is_done, mark_done, save_config, stage_dir
+from tracewise.core.tokens import THINK_CLOSE, n_tokens
+from tracewise.core.text import parse_completion
+from tracewise.verify.answer import VerifyResult, verify
+from tracewise.verify.pool import DEFAULT_TIMEOUT_S, verify_many
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ def run(cfg: EvalConfig) -> Path:
     todo = sum(len(r.sample_idxs or []) for r in requests) * len(points)
     with progress_bar(f"eval [{student}]", todo) as advance:
         for control, batch in _generate(backend, requests, cfg):
-            # One pooled, deadline-bounded, cached math-verify call per batch (tracewise.verify_pool).
+            # One pooled, deadline-bounded, cached math-verify call per batch (tracewise.verify.pool).
             verdicts = verify_many([(c.text, by_id[c.request_id].answer, c.finish_reason == "length") for c in batch],
                                    workers=cfg.verify_workers if cfg.verify_workers >= 0 else None,
                                    timeout_s=cfg.verify_timeout_s)

@@ -34,14 +34,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tracewise.benchmarks import iter_rows, normalize_gold, parse_level
-from tracewise.config import doc
-from tracewise.progress import progress_bar
-from tracewise.records import Problem, Trace, write_records
-from tracewise.store import AppendLog, is_done, mark_done, save_config, stage_dir
-from tracewise.tokens import load_tokenizer, span_counts
-from tracewise.traces import THINK_CLOSE, THINK_OPEN, ParsedTrace, parse_completion, parse_harmony_messages
-from tracewise.traces import strip_end_markers
+from tracewise.data.benchmarks import iter_rows, normalize_gold, parse_level
+from tracewise.core.config import doc
+from tracewise.core.logs import progress_bar
+from tracewise.core.records import Problem, Trace, write_records
+from tracewise.core.store import AppendLog, is_done, mark_done, save_config, stage_dir
+from tracewise.core.tokens import load_tokenizer, span_counts
+from tracewise.core.text import THINK_CLOSE, THINK_OPEN, ParsedTrace, parse_completion, parse_harmony_messages
+from tracewise.core.text import strip_end_markers
 
 log = logging.getLogger(__name__)
 

@@ -17,13 +17,13 @@ from pathlib import Path
 from tracewise.backends.base import Completion, Request, SamplingParams
 from tracewise.backends.openai_http import FAILED, OpenAIConfig
 from tracewise.backends.vllm import VLLMConfig
-from tracewise.config import doc
-from tracewise.problem_sources import ProblemsConfig, load_problems
-from tracewise.progress import progress_bar
-from tracewise.records import Problem, Trace, write_records
-from tracewise.store import AppendLog, is_done, mark_done, save_config, stage_dir
-from tracewise.tokens import load_tokenizer, span_counts
-from tracewise.traces import parse_completion
+from tracewise.core.config import doc
+from tracewise.data.sources import ProblemsConfig, load_problems
+from tracewise.core.logs import progress_bar
+from tracewise.core.records import Problem, Trace, write_records
+from tracewise.core.store import AppendLog, is_done, mark_done, save_config, stage_dir
+from tracewise.core.tokens import load_tokenizer, span_counts
+from tracewise.core.text import parse_completion
 from tracewise.world.teachers import TeacherConfig
 
 log = logging.getLogger(__name__)

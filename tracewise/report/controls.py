@@ -1,6 +1,6 @@
 """The report's "Test-time controls" section: accuracy vs tokens per student and per control.
 
-Input is summary rows (``tracewise.metrics`` contract) as the eval stage writes them, with the
+Input is summary rows (``tracewise.evaluate.metrics`` contract) as the eval stage writes them, with the
 extra keys ``student``, ``control`` and ``budget``. A *curve* is every row of one (student,
 control) pair — a budget sweep, or a single point for ThinkFree — placed at (mean generated tokens,
 pass@1). Rows with control ``none`` (or no ``control`` key) are trained students evaluated as they
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from tracewise.report import write_section_file
+from tracewise.report.stage import write_section_file
 
 log = logging.getLogger(__name__)
 

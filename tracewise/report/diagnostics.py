@@ -17,8 +17,8 @@ from typing import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from tracewise.metrics import group_by_problem
-from tracewise.records import Sample
+from tracewise.evaluate.metrics import group_by_problem
+from tracewise.core.records import Sample
 
 
 def consistency(samples: Sequence[Sample]) -> dict:

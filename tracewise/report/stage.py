@@ -24,10 +24,10 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from tracewise.config import doc
-from tracewise.diagnostics import consistency, consistency_reading, consistency_table, plot_solve_histogram
-from tracewise.metrics import level_breakdown, read_summary, write_summary
-from tracewise.records import Sample, read_records
+from tracewise.core.config import doc
+from tracewise.report.diagnostics import consistency, consistency_reading, consistency_table, plot_solve_histogram
+from tracewise.evaluate.metrics import level_breakdown, read_summary, write_summary
+from tracewise.core.records import Sample, read_records
 
 log = logging.getLogger(__name__)
 
@@ -419,7 +419,7 @@ def run(cfg: ReportConfig) -> Path:
         sections.append(section_from_dict(d, f"report.extra_sections[{i}]"))
     for f in cfg.section_files:
         sections.append(load_section_file(f))
-    from tracewise.studies import controls_report  # imports this module: not at the top
+    from tracewise.report import controls as controls_report  # imports this module: not at the top
 
     if controls_report.has_control_rows(rows) and not any(s.title.startswith(controls_report.TITLE) for s in sections):
         sections.extend(Section(title, body, images) for title, body, images in controls_report.sections(rows, out))

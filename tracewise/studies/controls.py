@@ -6,7 +6,7 @@ For every student of a quickstart run (its SFT students r1 / gpt-oss / mix, and 
 for the smaller ones), a ``min_thinking`` sweep for ``wait_extend``, a single point for
 ``think_free``, and the student as trained (no control). Every eval is an ordinary stage in the
 store, so a rerun is a no-op and an interrupted study resumes. The rows go to ``<out>/summary.json``
-and the "Test-time controls" section (``tracewise.studies.controls_report``) to
+and the "Test-time controls" section (``tracewise.report.controls``) to
 ``<out>/controls_section.json``; pass it to ``tracewise report section_files=[...]``.
 """
 
@@ -19,11 +19,11 @@ from pathlib import Path
 
 from tracewise import evaluate
 from tracewise.backends.base import SamplingParams
-from tracewise.config import doc
-from tracewise.controls import CONTROLS, ControlConfig
-from tracewise.metrics import read_summary, write_summary
-from tracewise.problem_sources import ProblemsConfig
-from tracewise.studies.controls_report import write_controls_section
+from tracewise.core.config import doc
+from tracewise.evaluate.controls import CONTROLS, ControlConfig
+from tracewise.evaluate.metrics import read_summary, write_summary
+from tracewise.data.sources import ProblemsConfig
+from tracewise.report.controls import write_controls_section
 from tracewise.world.problems import WorldConfig
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ STUDY_CONTROLS = ("budget_force", "truncate", "wait_extend", "think_free")
 
 
 def quickstart_test_problems() -> ProblemsConfig:
-    return ProblemsConfig(split="test", world=WorldConfig(n_train=4000, n_test=100))  # tracewise.quickstart's world
+    return ProblemsConfig(split="test", world=WorldConfig(n_train=4000, n_test=100))  # tracewise.studies.quickstart's world
 
 
 def discover_students(run_dir: str | Path) -> dict[str, Path]:

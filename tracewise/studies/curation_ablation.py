@@ -21,13 +21,14 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from tracewise import curate, verify_stage
+from tracewise import curate
+from tracewise.verify import stage as verify_stage
 from tracewise.backends.base import SamplingParams
-from tracewise.config import doc
-from tracewise.curation_strategies import STRATEGIES, SelectionConfig
-from tracewise.decontam import DecontamConfig
-from tracewise.problem_sources import ProblemsConfig
-from tracewise.report import write_section_file
+from tracewise.core.config import doc
+from tracewise.curate.strategies import STRATEGIES, SelectionConfig
+from tracewise.curate.decontam import DecontamConfig
+from tracewise.data.sources import ProblemsConfig
+from tracewise.report.stage import write_section_file
 from tracewise.studies.curation_common import (StudyBase, StudyEval, StudyTrain, base_student, eval_students,
                                                generate_world, plot_bars, train_students)
 from tracewise.world.judge import JudgeConfig

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from tracewise import evaluate, generate
 from tracewise.backends.base import SamplingParams
-from tracewise.config import doc
-from tracewise.metrics import read_summary
-from tracewise.problem_sources import ProblemsConfig
+from tracewise.core.config import doc
+from tracewise.evaluate.metrics import read_summary
+from tracewise.data.sources import ProblemsConfig
 from tracewise.train import sft
 from tracewise.world import init_stage
 from tracewise.world.problems import WorldConfig
@@ -87,7 +87,7 @@ def generate_world(out: str, tokenizer: str, teacher: TeacherConfig, world: Worl
 def train_students(out: str, base_model: str, datasets: dict[str, str], train: StudyTrain, seed: int,
                    parallel: int) -> dict[str, Path]:
     """One SFT run per ``name -> dataset dir``, ``parallel`` at a time (1 torch thread each)."""
-    from tracewise.quickstart import _train_all
+    from tracewise.studies.quickstart import _train_all
 
     names = list(datasets)
     cfgs = [sft.SFTRunConfig(out=out, experiment=n, model=base_model, dataset=datasets[n], max_steps=train.max_steps,

@@ -4,7 +4,7 @@ Each student is evaluated zero-shot and with ``k`` exemplars in each teacher's s
 (the control) and the other teacher's. Exemplars come from the quickstart's curated datasets
 (``<curate run>/datasets/<teacher>``: the same kept problems in every teacher's words, so styles
 differ and questions do not) or from user files (``exemplars: [STYLE=PATH]``, JSONL or a saved
-dataset; see ``tracewise.few_shot``). The section's table gives pass@1 and mean tokens with their
+dataset; see ``tracewise.evaluate.few_shot``). The section's table gives pass@1 and mean tokens with their
 change against zero-shot; its reading is computed from the numbers: the student with the fewest
 zero-shot tokens "stays concise" when the other style raises its mean tokens by at most
 ``concise_tolerance``.
@@ -18,11 +18,11 @@ from pathlib import Path
 
 from tracewise import evaluate
 from tracewise.backends.base import SamplingParams
-from tracewise.config import doc
-from tracewise.few_shot import FewShotConfig
-from tracewise.metrics import read_summary, write_summary
-from tracewise.problem_sources import ProblemsConfig
-from tracewise.report import write_section_file
+from tracewise.core.config import doc
+from tracewise.evaluate.few_shot import FewShotConfig
+from tracewise.evaluate.metrics import read_summary, write_summary
+from tracewise.data.sources import ProblemsConfig
+from tracewise.report.stage import write_section_file
 from tracewise.studies.controls import discover_students, parse_models, quickstart_test_problems
 
 log = logging.getLogger(__name__)

@@ -20,11 +20,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tracewise import curate, verify_stage
-from tracewise.config import doc
-from tracewise.decontam import DecontamConfig
-from tracewise.problem_sources import ProblemsConfig
-from tracewise.report import write_section_file
+from tracewise import curate
+from tracewise.verify import stage as verify_stage
+from tracewise.core.config import doc
+from tracewise.curate.decontam import DecontamConfig
+from tracewise.data.sources import ProblemsConfig
+from tracewise.report.stage import write_section_file
 from tracewise.studies.curation_common import (StudyBase, StudyEval, StudyTrain, base_student, eval_students,
                                                generate_world, pearson, plot_bars, train_students)
 from tracewise.world.judge import JudgeConfig

@@ -17,11 +17,12 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from tracewise import curate, evaluate, generate, report, verify_stage
+from tracewise import curate, evaluate, generate, report
+from tracewise.verify import stage as verify_stage
 from tracewise.backends.base import SamplingParams
-from tracewise.config import doc
-from tracewise.problem_sources import ProblemsConfig
-from tracewise.progress import console, progress_bar
+from tracewise.core.config import doc
+from tracewise.data.sources import ProblemsConfig
+from tracewise.core.logs import console, progress_bar
 from tracewise.train import sft
 from tracewise.world import init_stage
 from tracewise.world.judge import JudgeConfig
@@ -78,7 +79,7 @@ class QuickstartConfig:
 
 def _train_one(cfg: sft.SFTRunConfig) -> str:
     """Child-process entry: one student, one thread (two small models train faster side by side)."""
-    from tracewise.progress import quiet_library_bars
+    from tracewise.core.logs import quiet_library_bars
 
     os.environ["TRACEWISE_NO_PROGRESS"] = "1"
     logging.basicConfig(level=logging.WARNING)

@@ -24,12 +24,13 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from tracewise import evaluate, generate, verify_stage
+from tracewise import evaluate, generate
+from tracewise.verify import stage as verify_stage
 from tracewise.backends.base import SamplingParams
-from tracewise.config import doc
-from tracewise.metrics import read_summary
-from tracewise.problem_sources import ProblemsConfig, load_problems
-from tracewise.records import Problem, Sample, Trace, Verdict, read_records
+from tracewise.core.config import doc
+from tracewise.evaluate.metrics import read_summary
+from tracewise.data.sources import ProblemsConfig, load_problems
+from tracewise.core.records import Problem, Sample, Trace, Verdict, read_records
 from tracewise.world.domains import get_domain
 from tracewise.world.problems import WorldConfig, generate_problems
 from tracewise.world.teachers import TeacherConfig

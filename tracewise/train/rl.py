@@ -29,11 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tracewise.config import doc
-from tracewise.problem_sources import ProblemsConfig, load_problems
-from tracewise.store import is_done, mark_done, save_config, stage_dir
+from tracewise.core.config import doc
+from tracewise.data.sources import ProblemsConfig, load_problems
+from tracewise.core.store import is_done, mark_done, save_config, stage_dir
 
-from tracewise.progress import trainer_progress_callback
+from tracewise.core.logs import trainer_progress_callback
 
 log = logging.getLogger(__name__)
 
@@ -290,7 +290,7 @@ def trainer_args(cfg: RLRunConfig, output_dir: str, weights: list[float]):
 
 
 def _last_checkpoint(ckpt_root: Path) -> str | None:
-    from tracewise.store import last_complete_checkpoint
+    from tracewise.core.store import last_complete_checkpoint
 
     return last_complete_checkpoint(ckpt_root)  # skips (and deletes) a checkpoint torn by a kill mid-save
 

@@ -28,10 +28,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from tracewise.config import doc
-from tracewise.store import is_done, mark_done, save_config, stage_dir
+from tracewise.core.config import doc
+from tracewise.core.store import is_done, mark_done, save_config, stage_dir
 
-from tracewise.progress import trainer_progress_callback
+from tracewise.core.logs import trainer_progress_callback
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ def _load_dataset(path: str):
 
 
 def _last_checkpoint(ckpt_root: Path) -> str | None:
-    from tracewise.store import last_complete_checkpoint
+    from tracewise.core.store import last_complete_checkpoint
 
     return last_complete_checkpoint(ckpt_root)  # skips (and deletes) a checkpoint torn by a kill mid-save
 

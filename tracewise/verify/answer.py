@@ -1,7 +1,7 @@
 """Decide whether a completion's final answer matches the gold answer, without ever raising.
 
 Extraction (which substring is the answer) is ours, because the formats are ours: the answer
-span from :mod:`tracewise.traces`, then ``\\boxed{}``, ``Answer:`` lines and "the answer is"
+span from :mod:`tracewise.core.text`, then ``\\boxed{}``, ``Answer:`` lines and "the answer is"
 phrases. Equivalence (is ``0.5`` the same as ``\\frac{1}{2}``) is math-verify's.
 
 math-verify bounds its own run time with ``signal.alarm``, which only works in the main thread,
@@ -28,7 +28,7 @@ import math_verify
 import sympy
 from math_verify import ExprExtractionConfig, LatexExtractionConfig
 
-from tracewise.traces import ParsedTrace, parse_completion
+from tracewise.core.text import ParsedTrace, parse_completion
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class VerifyResult:
     correct: bool
     reason: str
     pred: str | None
-    timed_out: bool = False  # set by tracewise.verify_pool when the comparison missed its deadline
+    timed_out: bool = False  # set by tracewise.verify.pool when the comparison missed its deadline
 
 
 def _last_boxed(text: str) -> str | None:
@@ -342,7 +342,7 @@ def verify(completion_text: str, gold: str, *, truncated: bool = False) -> Verif
     but their predicted answer (if any) is still reported for inspection.
 
     This runs in the calling process, bounded only by the size guards above. Batches (and any
-    caller that needs a hard time bound per comparison) use :func:`tracewise.verify_pool.verify_many`,
+    caller that needs a hard time bound per comparison) use :func:`tracewise.verify.pool.verify_many`,
     which runs :func:`judge_prepared` in worker processes with a per-task deadline.
     """
     try:

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tracewise.config import doc
+from tracewise.core.config import doc
 
 log = logging.getLogger(__name__)
 

@@ -1,11 +1,11 @@
 """Verification with a hard time bound per comparison: a process pool with per-task deadlines.
 
 math-verify bounds its own run time with ``signal.alarm``, which works only in a process's main
-thread; ``tracewise.verify`` switches it off and refuses inputs whose *size* could blow up. Size
+thread; ``tracewise.verify.answer`` switches it off and refuses inputs whose *size* could blow up. Size
 guards cannot prove that every sympy simplification is fast, so batches go through this pool:
 
-* the cheap, linear-time extraction (:func:`tracewise.verify.prepare`) runs in the caller;
-* math-verify parsing and comparison (:func:`tracewise.verify.judge_prepared`) runs in worker
+* the cheap, linear-time extraction (:func:`tracewise.verify.answer.prepare`) runs in the caller;
+* math-verify parsing and comparison (:func:`tracewise.verify.answer.judge_prepared`) runs in worker
   processes; the parent waits on the workers' pipes with a deadline per task, and a worker that
   misses it is SIGKILLed and replaced. No signals are involved in the caller, so this works from
   any thread, and workers are ordinary (non-daemon) processes, so it works inside worker processes;
@@ -17,7 +17,7 @@ guards cannot prove that every sympy simplification is fast, so batches go throu
 
 A task that times out or kills its worker counts as ``wrong`` (``VerifyResult.timed_out``): no
 benchmark answer needs seconds of sympy time, and the verdict keeps the extracted ``pred``.
-Workers are fresh interpreters (``python -c``, ~0.5 s to import ``tracewise.verify``) talking over
+Workers are fresh interpreters (``python -c``, ~0.5 s to import ``tracewise.verify.answer``) talking over
 a socketpair, not ``multiprocessing`` children: ``spawn``/``forkserver`` re-import the caller's
 ``__main__`` (which breaks scripts and notebooks) and ``fork`` copies a parent's torch threads and
 locks. Only the parent holds the other end of a worker's socket, so when the pool's process dies
@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Iterable, Sequence
 
-from tracewise.verify import VerifyResult, judge_prepared, prepare
+from tracewise.verify.answer import VerifyResult, judge_prepared, prepare
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ class DeadlinePool:
 
     def _spawn(self) -> _Worker:
         ours, theirs = socket.socketpair()
-        code = f"from tracewise.verify_pool import _worker_entry; _worker_entry({theirs.fileno()}, {self.memory_mb})"
+        code = f"from tracewise.verify.pool import _worker_entry; _worker_entry({theirs.fileno()}, {self.memory_mb})"
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         proc = subprocess.Popen([sys.executable, "-c", code], pass_fds=[theirs.fileno()], env=env,
                                 stdin=subprocess.DEVNULL)
@@ -264,7 +264,7 @@ def _gold_ok(gold_s: str) -> bool:
 
 
 class VerifyPool:
-    """Batched, cached, deadline-bounded :func:`tracewise.verify.verify`."""
+    """Batched, cached, deadline-bounded :func:`tracewise.verify.answer.verify`."""
 
     def __init__(self, workers: int | None = None, timeout_s: float = DEFAULT_TIMEOUT_S,
                  memory_mb: int = DEFAULT_MEMORY_MB, cache_size: int = CACHE_SIZE,
@@ -351,13 +351,13 @@ def verify_many(items: Iterable[tuple[Any, Any, bool]], workers: int | None = No
                 timeout_s: float = DEFAULT_TIMEOUT_S) -> list[VerifyResult]:
     """Verify ``(completion_text, gold, truncated)`` triples in a process pool; never raises on input.
 
-    ``workers=0`` runs in this process with :func:`tracewise.verify.verify` (no hard time bound:
+    ``workers=0`` runs in this process with :func:`tracewise.verify.answer.verify` (no hard time bound:
     for debugging). Otherwise a per-process shared :class:`VerifyPool` is used, so the cache and
     the warm workers carry over between calls.
     """
     items = list(items)
     if workers == 0:
-        from tracewise.verify import verify
+        from tracewise.verify.answer import verify
 
         return [verify(t, g, truncated=bool(tr)) for t, g, tr in items]
     return shared_pool(workers, timeout_s).verify_many(items)

@@ -8,7 +8,7 @@ what to keep is ``curate``'s job.
 
 Two judges: ``judge.backend=embedded`` is the procedural judge of the embedded world (known error
 rates, it reads math-verify's extracted answer, so the methods disagree only about *equivalence*);
-any generation backend (``hf``, ``vllm``, ``openai``) serves an LLM judge (``tracewise.judge_llm``)
+any generation backend (``hf``, ``vllm``, ``openai``) serves an LLM judge (``tracewise.verify.llm_judge``)
 that reads the trace's final response itself, so it can also rescue answers math-verify could not
 extract. Its raw output is kept in ``Verdict.raw``.
 """
@@ -23,12 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from tracewise.config import doc
-from tracewise.judge_llm import JudgeItem, JudgeResult, LLMJudge, LLMJudgeConfig, excerpt
-from tracewise.progress import progress_bar
-from tracewise.records import Problem, Trace, Verdict, from_dict, iter_jsonl
-from tracewise.store import AppendLog, is_done, mark_done, path_digest, save_config, stage_dir
-from tracewise.verify_pool import DEFAULT_TIMEOUT_S, verify_many
+from tracewise.core.config import doc
+from tracewise.verify.llm_judge import JudgeItem, JudgeResult, LLMJudge, LLMJudgeConfig, excerpt
+from tracewise.core.logs import progress_bar
+from tracewise.core.records import Problem, Trace, Verdict, from_dict, iter_jsonl
+from tracewise.core.store import AppendLog, is_done, mark_done, path_digest, save_config, stage_dir
+from tracewise.verify.pool import DEFAULT_TIMEOUT_S, verify_many
 from tracewise.world.judge import JudgeConfig, procedural_judge
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 METHODS = ("math_verify", "judge")
 # 'embedded' is the procedural judge; every generation backend name (tracewise.backends) serves an LLM judge.
 JUDGES = {"embedded": "procedural judge with known false-positive/negative rates (tracewise.world.judge)",
-          "<backend>": "an LLM judge model served by that generation backend (tracewise.judge_llm)"}
+          "<backend>": "an LLM judge model served by that generation backend (tracewise.verify.llm_judge)"}
 MAX_DISAGREEMENTS = 50  # enough to eyeball patterns; the counts cover the rest
 BATCH = 128  # traces per AppendLog write: one fsync per batch, not per verdict
 
@@ -197,7 +197,7 @@ def verdicts_for_batch(pairs: list[tuple[Trace, Problem]], methods: list[str], j
                        workers: int = 0, timeout_s: float = DEFAULT_TIMEOUT_S) -> list[Verdict]:
     """One verdict per method per trace; every judge question of the batch goes out in one call.
 
-    math-verify runs in ``workers`` processes with a deadline per comparison (``tracewise.verify_pool``);
+    math-verify runs in ``workers`` processes with a deadline per comparison (``tracewise.verify.pool``);
     0 runs it here.
     """
     llm = isinstance(judge, LLMJudge)

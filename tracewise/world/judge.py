@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 
 from tracewise.backends.base import sample_seed
-from tracewise.config import doc
+from tracewise.core.config import doc
 
 _NUM = re.compile(r"-?\d+(?:\.\d+)?")
 

@@ -12,8 +12,8 @@ import hashlib
 import random
 from dataclasses import dataclass
 
-from tracewise.config import doc
-from tracewise.records import Problem
+from tracewise.core.config import doc
+from tracewise.core.records import Problem
 
 NAMES = ["Ann", "Ben", "Cara", "Dan", "Eva", "Finn", "Gina", "Hugo", "Ivy", "Jack", "Kim", "Leo"]
 ITEMS = ["apples", "pens", "coins", "cards", "books", "shells", "stamps", "marbles", "eggs", "cups"]

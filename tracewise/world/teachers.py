@@ -19,8 +19,8 @@ import random
 from dataclasses import dataclass
 
 from tracewise.backends.base import sample_seed
-from tracewise.config import doc
-from tracewise.records import Problem
+from tracewise.core.config import doc
+from tracewise.core.records import Problem
 from tracewise.world.problems import MARKERS
 
 STYLES = ("r1", "gpt-oss")

@@ -35,7 +35,7 @@ and cut it for the smaller ones (the first B tokens of a seeded sample do not de
 point equals a separate run with the same seed.
 
 Inputs are validated before anything is generated; every problem is a ``ValueError``. Few-shot
-exemplars live in ``tracewise.few_shot`` (re-exported here).
+exemplars live in ``tracewise.evaluate.few_shot`` (re-exported here).
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tracewise.backends.base import Backend, Completion, Request, SamplingParams, sample_seed
-from tracewise.config import doc
-from tracewise.tokens import THINK_CLOSE, THINK_OPEN, n_tokens
+from tracewise.core.config import doc
+from tracewise.core.tokens import THINK_CLOSE, THINK_OPEN, n_tokens
 
 log = logging.getLogger(__name__)
 
@@ -637,5 +637,5 @@ def run_control(
     return _plain(backend, requests, sampling, sampling.max_tokens, {"control": "none"})
 
 
-# Few-shot exemplars moved to tracewise.few_shot; re-exported for callers of the old location.
-from tracewise.few_shot import few_shot_messages, load_exemplars  # noqa: E402,F401
+# Few-shot exemplars moved to tracewise.evaluate.few_shot; re-exported for callers of the old location.
+from tracewise.evaluate.few_shot import few_shot_messages, load_exemplars  # noqa: E402,F401

@@ -18,7 +18,7 @@ import random
 from dataclasses import dataclass
 from typing import Callable
 
-from tracewise.records import Problem
+from tracewise.core.records import Problem
 
 
 @dataclass(frozen=True)
