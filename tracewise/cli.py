@@ -238,13 +238,5 @@ def quickstart(
         _error(e)
 
 
-def main(argv: list[str] | None = None) -> None:
-    app(args=argv)
-
-
-def _entry() -> Callable[[], None]:  # pragma: no cover - console_scripts entry
-    return app
-
-
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())

@@ -10,7 +10,8 @@ import pytest
 from datasets import load_from_disk
 
 from tracewise.core.config import build
-from tracewise.curate.stage import CurateConfig, dataset_path, mix_teacher, run
+from tracewise.curate.stage import CurateConfig, dataset_path, run
+from tracewise.curate.strategies import mix_teacher
 from tracewise.generate.stage import GenerateConfig
 from tracewise.generate.stage import run as generate
 from tracewise.data.sources import ProblemsConfig

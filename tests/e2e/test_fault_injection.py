@@ -21,7 +21,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fault_server import FaultServer, FaultServerProcess, answer_for
-from tracewise.backends.base import sample_seed
+from tracewise.core.seeding import sample_seed
 from tracewise.cli import app
 from tracewise.core.records import Trace, read_records
 

@@ -11,6 +11,7 @@ from tokenizers import Tokenizer, decoders, models
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from tracewise.evaluate import controls
+from tracewise.evaluate.controls import continuation
 from tracewise.backends.base import Request, SamplingParams
 from tracewise.backends.hf import HFBackend
 from tracewise.evaluate.controls import (
@@ -18,14 +19,13 @@ from tracewise.evaluate.controls import (
     budget_force,
     budget_sweep,
     control_sweep,
-    few_shot_messages,
-    load_exemplars,
     run_control,
     think_free,
     truncate,
     wait_extend,
 )
 from tracewise.core.tokens import THINK_CLOSE
+from tracewise.evaluate.few_shot import few_shot_messages, load_exemplars
 from tracewise.core.text import parse_completion
 from tracewise.verify.answer import verify
 
@@ -210,7 +210,7 @@ def test_budget_sweep_equals_separate_runs_and_generates_phase1_once(tok, mixed,
         assert [as_tuple(c) for c in swept[budget]] == [as_tuple(c) for c in separate]
     assert any(c.meta["forced"] for c in swept[3]) and not all(c.meta["forced"] for c in swept[20])
     # Samples whose token ids cannot be recovered from the text regenerate phase 1: same result.
-    monkeypatch.setattr(controls, "_token_ids", lambda c, tokenizer: None)
+    monkeypatch.setattr(continuation, "_token_ids", lambda c, tokenizer: None)
     again = budget_sweep(mixed, requests(), SAMPLING, [8, 20])
     assert [as_tuple(c) for c in again[8]] == [as_tuple(c) for c in swept[8]]
 
@@ -231,10 +231,10 @@ def test_truncate_and_wait_sweeps_equal_separate_runs(tok, early, mixed, monkeyp
 def test_continuations_in_one_call_equal_calls_per_limit(mixed):
     """_continue batches samples with different max_tokens into one call and cuts each to its limit."""
     jobs = [(r, i, "<think>so", limit) for r, limit in zip(requests(), (3, 9, 20, 40)) for i in (0, 1)]
-    together = controls._continue(mixed, jobs, SAMPLING, "answer")
+    together = continuation._continue(mixed, jobs, SAMPLING, "answer")
     cut = 0
     for r, i, text, limit in jobs:
-        alone = controls._continue(mixed, [(r, i, text, limit)], SAMPLING, "answer")[(r.id, i)]
+        alone = continuation._continue(mixed, [(r, i, text, limit)], SAMPLING, "answer")[(r.id, i)]
         assert as_tuple(together[(r.id, i)]) == as_tuple(alone)
         cut += alone.finish_reason == "length" and limit < 40
     assert cut >= 2  # some samples really were cut from the longer call

@@ -11,12 +11,12 @@ import pytest
 from tracewise.core.config import build
 from tracewise.evaluate.metrics import read_summary, summarize, write_summary
 from tracewise.core.records import Sample, write_records
+from tracewise.report.render import markdown_to_html
 from tracewise.report.stage import (
     ReportConfig,
     difficulty_reading,
     headline,
     load_train_log,
-    markdown_to_html,
     run,
 )
 

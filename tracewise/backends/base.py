@@ -8,11 +8,11 @@ what an uninterrupted run would have produced.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Protocol
 
 from tracewise.core.records import Problem
+from tracewise.core.seeding import sample_seed  # noqa: F401  (re-exported: backends seed samples with it)
 
 
 @dataclass
@@ -64,9 +64,3 @@ class Backend(Protocol):
         ``progress(k)`` is called with the number of newly finished completions.
         """
         ...
-
-
-def sample_seed(seed: int, request_id: str, sample_idx: int) -> int:
-    """A 63-bit seed that depends only on the sample's identity, never on batching or order."""
-    h = hashlib.sha256(f"{seed}|{request_id}|{sample_idx}".encode()).digest()
-    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)

@@ -35,7 +35,8 @@ from transformers import (
 )
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-from tracewise.backends.base import Completion, Request, SamplingParams, sample_seed
+from tracewise.backends.base import Completion, Request, SamplingParams
+from tracewise.core.seeding import sample_seed
 
 logger = logging.getLogger(__name__)
 

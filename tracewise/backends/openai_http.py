@@ -33,7 +33,8 @@ from typing import Any, Callable, Iterator
 
 import httpx
 
-from tracewise.backends.base import Completion, Request, SamplingParams, sample_seed
+from tracewise.backends.base import Completion, Request, SamplingParams
+from tracewise.core.seeding import sample_seed
 from tracewise.core.config import doc
 from tracewise.core.redact import check_env_name, redact, register_secret
 

@@ -27,7 +27,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
-from tracewise.backends.base import Completion, Request, SamplingParams, sample_seed
+from tracewise.backends.base import Completion, Request, SamplingParams
+from tracewise.core.seeding import sample_seed
 from tracewise.core.config import doc
 
 log = logging.getLogger(__name__)

@@ -151,12 +151,3 @@ def to_dict(cfg: Any) -> Any:
 
 def dump_config(cfg: Any) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
-
-
-def describe(cls: type) -> str:
-    """Human-readable list of a config's fields and their help, for ``--help`` epilogs."""
-    lines = []
-    for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else "(see default)"
-        lines.append(f"  {f.name} = {default!r}: {f.metadata.get('help', '')}")
-    return "\n".join(lines)

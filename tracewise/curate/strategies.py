@@ -20,6 +20,7 @@ level scaled to [0, 1] over the pool (the easiest level 0, the hardest 1).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 import re
@@ -204,6 +205,12 @@ def _limo(pool, teachers, traces, n, cfg: LimoConfig) -> Selection:
                                                     "score_max": max(sel, default=None)})
 
 
+def mix_teacher(seed: int, problem_id: str, teachers: list[str]) -> str:
+    """The teacher whose trace the mix uses for ``problem_id``: depends on nothing but seed and id."""
+    h = hashlib.sha256(f"mix|{seed}|{problem_id}".encode()).digest()
+    return sorted(teachers)[int.from_bytes(h[:8], "little") % len(teachers)]
+
+
 def _mean_tokens(teachers, traces, pool) -> dict[str, float]:
     return {t: sum(traces[t][p].n_tokens for p in pool) / max(1, len(pool)) for t in teachers}
 
@@ -211,8 +218,6 @@ def _mean_tokens(teachers, traces, pool) -> dict[str, float]:
 def select(strategy: str, n: int, pool: list[str], problems: dict[str, Problem], teachers: list[str],
            traces: dict[str, dict[str, Trace]], cfg: SelectionConfig, mix_seed: int = 0) -> Selection:
     """Pick ``n`` problems (and one teacher each) from ``pool``; ValueError before any output if impossible."""
-    from tracewise.curate.stage import mix_teacher
-
     if strategy not in STRATEGIES or strategy == "all":
         raise ValueError(f"curate.strategy: unknown strategy {strategy!r}; valid: {list(STRATEGIES)}")
     pool = sorted(pool)

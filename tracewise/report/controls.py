@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from tracewise.report.stage import write_section_file
+from tracewise.report.sections import Section, register_section, write_section_file
 
 log = logging.getLogger(__name__)
 
@@ -219,3 +219,12 @@ def sections(rows: list[dict], out_dir: str | Path) -> list[tuple[str, str, list
         body, images = controls_markdown(group, out_dir, f"controls_accuracy_vs_tokens_{i}.png")
         out.append((TITLE + (f" ({bench})" if len(by_bench) > 1 else ""), body, images))
     return out
+
+
+@register_section("controls")
+def controls_sections(rows: list[dict], out_dir: Path, existing: list[Section]) -> list[Section]:
+    """The report's "Test-time controls" section(s) when the summaries hold control rows and no study
+    section with that title is already in the report."""
+    if not has_control_rows(rows) or any(s.title.startswith(TITLE) for s in existing):
+        return []
+    return [Section(title, body, images) for title, body, images in sections(rows, out_dir)]

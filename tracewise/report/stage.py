@@ -1,39 +1,31 @@
-"""Experiment report: a markdown file with PNG plots beside it, and a self-contained HTML twin.
+"""Stage ``report``: report.md with PNG plots beside it, a self-contained report.html twin
+(``tracewise.report.render``) and the merged summary.json.
 
-The markdown document is the single source: the HTML is rendered from it by a small renderer
-here (headings, tables, lists, paragraphs, code, images) that inlines every image as a base64
-data URI, so ``report.html`` is one file that can be mailed or archived without its folder.
-We render ourselves rather than use the optional ``markdown`` package so the output does not
-depend on what happens to be installed, and so no image can slip through as an external ref.
+Sections, in order: headline, results table, accuracy vs tokens, learning curves, length by
+difficulty, per-problem consistency, curation table, the studies' sections (``extra_sections``,
+``section_files``), then every registered section (``tracewise.report.sections.SECTIONS``, e.g.
+test-time controls when the summaries hold control rows).
 
 All prose that states a finding (headline, difficulty reading) is computed from the numbers.
 """
 
 from __future__ import annotations
 
-import base64
-import html
 import json
 import logging
-import re
-import shutil
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
-
 from tracewise.core.config import doc
-from tracewise.report.diagnostics import consistency, consistency_reading, consistency_table, plot_solve_histogram
-from tracewise.evaluate.metrics import level_breakdown, read_summary, write_summary
 from tracewise.core.records import Sample, read_records
+from tracewise.evaluate.metrics import level_breakdown, read_summary, write_summary
+from tracewise.report.diagnostics import consistency, consistency_reading, consistency_table, plot_solve_histogram
+from tracewise.report.plots import plot_accuracy_vs_tokens, plot_learning_curves
+from tracewise.report.render import html_page, render_markdown
+from tracewise.report.sections import SECTIONS, Section, load_section_file, section_from_dict
 
 log = logging.getLogger(__name__)
-
-CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:1em 0;font-size:.9em}th,td{border:1px solid #ccc;padding:.3em .6em}
-th{background:#f3f3f3}tr.hl td{background:#fff4c2}img{max-width:100%}pre{background:#f6f6f6;padding:.6em}"""
 
 
 @dataclass
@@ -65,54 +57,6 @@ class ReportConfig:
         for f in self.section_files:
             if not Path(f).is_file():
                 raise ValueError(f"report.section_files: {f} not found")
-
-
-@dataclass
-class Section:
-    """One report section: a title, a markdown body and PNG images shown after the body."""
-
-    title: str
-    markdown: str
-    images: list[Path] = field(default_factory=list)
-
-
-def section_from_dict(d: dict, where: str) -> Section:
-    """Build a ``Section`` from ``{title, markdown, images}``, raising ``ValueError`` naming ``where``."""
-    if not isinstance(d, dict) or set(d) - {"title", "markdown", "images"}:
-        raise ValueError(f"{where}: expected a mapping with keys title, markdown, images; got {d!r}")
-    title, body, images = d.get("title"), d.get("markdown", ""), d.get("images", [])
-    if not isinstance(title, str) or not title.strip() or not isinstance(body, str):
-        raise ValueError(f"{where}: 'title' must be a non-empty string and 'markdown' a string")
-    if not isinstance(images, list) or not all(isinstance(p, str) for p in images):
-        raise ValueError(f"{where}: 'images' must be a list of file paths")
-    missing = [p for p in images if not Path(p).is_file()]
-    if missing:
-        raise ValueError(f"{where}: image(s) not found: {missing}")
-    return Section(title, body, [Path(p) for p in images])
-
-
-def load_section_file(path: str | Path) -> Section:
-    """Read a study's ``section.json``; image paths in it are relative to the file's directory."""
-    path = Path(path)
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: not a readable section JSON ({e})") from e
-    if isinstance(d, dict) and isinstance(d.get("images"), list):
-        d = {**d, "images": [str(path.parent / p) if not Path(p).is_absolute() else p for p in d["images"]]}
-    return section_from_dict(d, str(path))
-
-
-def write_section_file(path: str | Path, title: str, markdown: str, images: list[str | Path] = ()) -> Path:
-    """Write a study's report section as JSON (images stored relative to ``path``'s directory)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rel = [str(Path(p).resolve().relative_to(path.parent.resolve())) if Path(p).resolve().is_relative_to(
-        path.parent.resolve()) else str(Path(p).resolve()) for p in images]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"title": title, "markdown": markdown, "images": rel}, indent=2), encoding="utf-8")
-    tmp.replace(path)
-    return path
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -196,53 +140,6 @@ def headline(rows: list[dict]) -> str:
     return "\n\n".join(lines)
 
 
-def plot_accuracy_vs_tokens(rows: list[dict], path: Path) -> Path:
-    """Scatter of pass@1 (circles) and pass@8 (triangles) against mean tokens, with CI bars."""
-    fig = Figure(figsize=(7, 4.5))
-    ax = fig.add_subplot()
-    multi = len({r["benchmark"] for r in rows}) > 1
-    for i, r in enumerate(rows):
-        color = f"C{i % 10}"
-        x = r["mean_tokens"]
-        for key, marker in (("pass@1", "o"), ("pass@8", "^")):
-            y = r[key]
-            ci = r["ci95"].get(key)
-            # a percentile CI need not straddle the point; clip so matplotlib gets non-negative bars
-            yerr = [[max(0.0, y - ci[0])], [max(0.0, ci[1] - y)]] if ci else None
-            ax.errorbar([x], [y], yerr=yerr, fmt=marker, color=color, capsize=3)
-        label = f"{r['experiment']} ({r['benchmark']})" if multi else r["experiment"]
-        ax.annotate(label, (x, r["pass@1"]), textcoords="offset points", xytext=(6, -10), fontsize=8)
-    if all(r["mean_tokens"] > 0 for r in rows):
-        ax.set_xscale("log")  # teachers differ by multiples in length, so ratios read better on a log axis
-    ax.set_xlabel("mean tokens per sample")
-    ax.set_ylabel("accuracy")
-    ax.set_ylim(-0.02, 1.02)
-    ax.grid(alpha=0.3)
-    handles = [Line2D([], [], marker=m, ls="", color="k", label=k) for k, m in (("pass@1", "o"), ("pass@8", "^"))]
-    ax.legend(handles=handles, loc="lower right")
-    return _save(fig, path)
-
-
-def plot_learning_curves(curves: list[tuple[str, list[float], list[float]]], path: Path) -> Path:
-    """Training loss against step, one line per run."""
-    fig = Figure(figsize=(7, 4))
-    ax = fig.add_subplot()
-    for label, steps, losses in curves:
-        ax.plot(steps, losses, label=label)
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss (log scale)")
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    return _save(fig, path)
-
-
-def _save(fig: Figure, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return path
-
-
 def difficulty_section(by_exp: dict[str, dict], mix: str) -> str:
     """Table of mean tokens / pass@1 per level per experiment, and a reading computed from it."""
     levels = sorted({lv for d in by_exp.values() for lv in d["tokens_by_level"]}, key=int)
@@ -291,73 +188,6 @@ def difficulty_reading(by_exp: dict[str, dict], mix: str) -> str:
     else:
         verdict = "length adaptation within the range of the other students"
     return f"{text}; others: {listing} → {verdict}."
-
-
-def _inline(text: str, base: Path) -> str:
-    """Escape, then render `code`, **bold**, images (as data URIs) and links."""
-    out = html.escape(text, quote=False)
-    out = re.sub(r"`([^`]+)`", r"<code>\1</code>", out)
-    out = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", out)
-
-    def image(m: re.Match) -> str:
-        target = base / html.unescape(m.group(2))
-        if not target.is_file():  # never emit a src to a file outside the HTML
-            return f"[missing image: {m.group(1)}]"
-        data = base64.b64encode(target.read_bytes()).decode("ascii")
-        alt = m.group(1).replace('"', "&quot;")
-        return f'<img alt="{alt}" src="data:image/png;base64,{data}">'
-
-    out = re.sub(r"!\[([^\]]*)\]\(([^)]+)\)", image, out)
-    return re.sub(r"\[([^\]]+)\]\(([^)]+)\)", r'<a href="\2">\1</a>', out)
-
-
-def markdown_to_html(text: str, base: Path) -> str:
-    """Render the markdown subset this report writes; images resolve relative to ``base``."""
-    out: list[str] = []
-    lines = text.splitlines()
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        if line.startswith("```"):
-            j = next((k for k in range(i + 1, len(lines)) if lines[k].startswith("```")), len(lines))
-            out.append("<pre>" + html.escape("\n".join(lines[i + 1 : j])) + "</pre>")
-            i = j + 1
-        elif m := re.match(r"(#{1,6})\s+(.*)", line):
-            out.append(f"<h{len(m.group(1))}>{_inline(m.group(2), base)}</h{len(m.group(1))}>")
-            i += 1
-        elif line.lstrip().startswith("|"):
-            j = next((k for k in range(i, len(lines)) if not lines[k].lstrip().startswith("|")), len(lines))
-            out.append(_table_html(lines[i:j], base))
-            i = j
-        elif re.match(r"\s*[-*]\s+", line):
-            items = []
-            while i < len(lines) and re.match(r"\s*[-*]\s+", lines[i]):
-                items.append("<li>" + _inline(re.sub(r"\s*[-*]\s+", "", lines[i], count=1), base) + "</li>")
-                i += 1
-            out.append("<ul>" + "".join(items) + "</ul>")
-        elif not line.strip():
-            i += 1
-        else:
-            para = []
-            while i < len(lines) and lines[i].strip() and not re.match(r"(#|\||```|\s*[-*]\s)", lines[i].lstrip()):
-                para.append(lines[i].strip())
-                i += 1
-            out.append("<p>" + _inline(" ".join(para), base) + "</p>")
-    return "\n".join(out)
-
-
-def _table_html(rows: list[str], base: Path) -> str:
-    def cells(line: str) -> list[str]:
-        return [c.strip() for c in line.strip().strip("|").split("|")]
-
-    body = [r for r in rows if not re.fullmatch(r"\s*\|?[\s:|-]+\|?\s*", r)]  # drop the |---| separator
-    head, rest = cells(body[0]), body[1:]
-    parts = ["<table><thead><tr>" + "".join(f"<th>{_inline(c, base)}</th>" for c in head) + "</tr></thead><tbody>"]
-    for r in rest:
-        cs = cells(r)
-        cls = ' class="hl"' if cs and cs[0].startswith("**") else ""
-        parts.append(f"<tr{cls}>" + "".join(f"<td>{_inline(c, base)}</td>" for c in cs) + "</tr>")
-    return "".join(parts) + "</tbody></table>"
 
 
 def _group_samples(sample_paths: list[str]) -> dict[tuple[str, str], list[Sample]]:
@@ -419,36 +249,13 @@ def run(cfg: ReportConfig) -> Path:
         sections.append(section_from_dict(d, f"report.extra_sections[{i}]"))
     for f in cfg.section_files:
         sections.append(load_section_file(f))
-    from tracewise.report import controls as controls_report  # imports this module: not at the top
-
-    if controls_report.has_control_rows(rows) and not any(s.title.startswith(controls_report.TITLE) for s in sections):
-        sections.extend(Section(title, body, images) for title, body, images in controls_report.sections(rows, out))
+    for build in SECTIONS.values():
+        sections.extend(build(rows, out, sections))
 
     md = render_markdown(cfg.title, sections, out)
     (out / "report.md").write_text(md, encoding="utf-8")
-    page = (f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(cfg.title)}</title>'
-            f"<style>{CSS}</style></head><body>\n{markdown_to_html(md, out)}\n</body></html>\n")
     html_path = out / "report.html"
-    html_path.write_text(page, encoding="utf-8")
+    html_path.write_text(html_page(cfg.title, md, out), encoding="utf-8")
     write_summary(out / "summary.json", rows)
     log.info("report written to %s (%d experiments, %d sections)", html_path, len(rows), len(sections))
     return html_path
-
-
-def render_markdown(title: str, sections: list[Section], out: Path) -> str:
-    """The report as markdown; images outside ``out`` are copied in so relative refs resolve."""
-    parts = [f"# {title}"]
-    for n, sec in enumerate(sections):
-        parts.append(f"## {sec.title}")
-        if sec.markdown.strip():
-            parts.append(sec.markdown.strip())
-        for img in sec.images:
-            if not img.is_file():
-                raise ValueError(f"section {sec.title!r}: image {img} not found")
-            if img.resolve().parent != out.resolve():
-                # prefix with the section number so two studies' "plot.png" cannot overwrite each other
-                dest = out / f"section{n}-{img.name}"
-                shutil.copyfile(img, dest)
-                img = dest
-            parts.append(f"![{sec.title}]({img.name})")
-    return "\n\n".join(parts) + "\n"

@@ -22,7 +22,7 @@ from tracewise.core.config import doc
 from tracewise.evaluate.few_shot import FewShotConfig
 from tracewise.evaluate.metrics import read_summary, write_summary
 from tracewise.data.sources import ProblemsConfig
-from tracewise.report.stage import write_section_file
+from tracewise.report.sections import write_section_file
 from tracewise.studies.controls import discover_students, parse_models, quickstart_test_problems
 
 log = logging.getLogger(__name__)

@@ -198,7 +198,7 @@ def _fmt(v, spec: str) -> str:
 
 def write_section(cfg: RLAlphaConfig, rows: list[dict], path: Path) -> Path:
     """Table + plot + reading as a report section file (``tracewise report section_files=[...]``)."""
-    from tracewise.report.stage import write_section_file
+    from tracewise.report.sections import write_section_file
 
     ref = next(r for r in rows if r["alpha"] == 0.0)
     lines = [f"Arora–Zanette reward r = 1[correct]·(1 − α·σ(z(length))) with `train rl` "

@@ -12,9 +12,8 @@ from __future__ import annotations
 import random
 
 from tracewise.core.records import Problem
-from tracewise.world.domains import Domain
+from tracewise.world.domains.base import MARKERS, Domain
 from tracewise.world.domains.common import execute, r1_narration
-from tracewise.world.problems import MARKERS
 
 START_SIZE = {1: 4, 2: 4, 3: 5, 4: 5}
 MIN_SIZE = 3  # list answers keep >= 3 items: a 2-item "[1, 3]" is an interval to math-verify

@@ -12,9 +12,8 @@ from __future__ import annotations
 import random
 
 from tracewise.core.records import Problem
-from tracewise.world.domains import Domain
+from tracewise.world.domains.base import MARKERS, NAMES, Domain
 from tracewise.world.domains.common import execute, r1_narration
-from tracewise.world.problems import MARKERS, NAMES
 
 LINE_SIZE = {1: 3, 2: 4, 3: 4, 4: 5}
 

@@ -1,0 +1,45 @@
+"""Run directories made before the package layout changed stay valid (issue 14).
+
+A stage's run dir is ``<out>/<stage>-<hash>`` with the hash over the artifact version, the stage name,
+the config's field values and the input bytes: never a module path or class name. The names below
+were computed on the old layout (commit 6875cbe, before any file moved) and are pinned: moving a
+config class, renaming its module or sharing a config section between stages must not change them.
+A change that *should* alter what a stage writes bumps ``tracewise.ARTIFACT_VERSION`` instead (and
+then these pins, deliberately). Adding a config field changes the hash of every run of that stage
+unless the field is marked ``hash=False``.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tracewise.backends.base import SamplingParams
+from tracewise.core.store import stage_dir
+from tracewise.curate import CurateConfig
+from tracewise.evaluate import EvalConfig
+from tracewise.generate import GenerateConfig
+from tracewise.generate.ingest import IngestConfig
+from tracewise.train.rl import RLRunConfig
+from tracewise.train.sft import SFTRunConfig
+from tracewise.verify import VerifyConfig
+from tracewise.world.init_stage import InitStudentConfig
+
+
+@pytest.mark.parametrize("stage, make, expected", [
+    ("student", InitStudentConfig, "student-f9dd7776df0d"),
+    ("generate", GenerateConfig, "generate-ff35c4b8718b"),
+    ("verify", VerifyConfig, "verify-56571c22952f"),
+    ("curate", CurateConfig, "curate-458e98515dfd"),
+    ("sft", SFTRunConfig, "sft-56d595ac207e"),
+    ("rl", RLRunConfig, "rl-bf77d5e9ce29"),
+    ("eval", EvalConfig, "eval-9de188b89b40"),
+    ("ingest", IngestConfig, "ingest-fa61dd153a98"),
+    ("generate", lambda: GenerateConfig(backend="hf", model="some/model",
+                                        sampling=SamplingParams(n=4, temperature=0.7, max_tokens=256)),
+     "generate-fd898137226f"),
+    ("eval", lambda: EvalConfig(model="runs/sft-x/model", sampling=SamplingParams(n=8, temperature=0.6, max_tokens=512)),
+     "eval-e9936a0b74cc"),
+    ("sft", lambda: SFTRunConfig(max_steps=7), "sft-989d389a89a7"),
+])
+def test_stage_dir_names_are_those_of_the_old_layout(stage, make, expected):
+    assert stage_dir("runs", stage, make()).name == expected
