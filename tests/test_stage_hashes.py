@@ -43,3 +43,18 @@ from tracewise.world.init_stage import InitStudentConfig
 ])
 def test_stage_dir_names_are_those_of_the_old_layout(stage, make, expected):
     assert stage_dir("runs", stage, make()).name == expected
+
+
+def test_shared_training_section_builds_the_old_sft_configs():
+    """Quickstart and the studies now build their SFT configs from one ``TrainSettings``; the run dirs
+    (old layout: quickstart's own TrainSettings, transfer's SmallTrain, the studies' StudyTrain) stay."""
+    from tracewise.studies.curation_ablation import CurationStudyConfig
+    from tracewise.studies.quickstart import QuickstartConfig
+    from tracewise.studies.transfer import TransferConfig
+
+    q = QuickstartConfig()
+    assert stage_dir("runs", "sft", q.train.sft_config("runs", "r1", "base", "ds", q.seed)).name == "sft-373ec2ee6756"
+    t = TransferConfig().train
+    assert stage_dir("runs", "sft", t.sft_config("runs", "r1", "base", "ds", 0, threads=0)).name == "sft-647acbe7df81"
+    c = CurationStudyConfig().train
+    assert stage_dir("runs", "sft", c.sft_config("runs", "random", "base", "ds", 0, threads=1)).name == "sft-16c151d31af5"

@@ -205,7 +205,8 @@ def test_report_adds_the_section_for_control_rows(tmp_path):
 
 
 def test_controls_study_over_discovered_students(tmp_path, student_path):
-    from tracewise.studies.controls import ControlsStudyConfig, discover_students
+    from tracewise.studies.common import discover_students
+    from tracewise.studies.controls import ControlsStudyConfig
     from tracewise.studies.controls import run as study
 
     qs = tmp_path / "qs"

@@ -11,7 +11,7 @@ from tracewise.core.config import load_config
 from tracewise.curate.strategies import SelectionConfig
 from tracewise.curate.decontam import DecontamConfig
 from tracewise.studies import curation_ablation, judge_bias
-from tracewise.studies.curation_common import StudyEval, StudyTrain, pearson
+from tracewise.studies.common import StudyEval, TrainSettings, pearson
 from tracewise.studies.curation_ablation import CurationStudyConfig
 from tracewise.studies.judge_bias import JudgeBiasConfig
 from tracewise.world.judge import JudgeConfig
@@ -87,7 +87,7 @@ def test_pearson():
     assert pearson([1, 1, 1], [1, 2, 3]) is None and pearson([1, 2], [1, 2]) is None
 
 
-TINY_TRAIN = StudyTrain(max_steps=2, batch_size=4)
+TINY_TRAIN = TrainSettings(max_steps=2, batch_size=4)
 TINY_EVAL = StudyEval(samples=2, max_tokens=8)
 NO_BENCH = DecontamConfig(benchmarks=[])
 

@@ -23,6 +23,18 @@ class SamplingParams:
     max_tokens: int = 512  # new tokens per sample, thinking + answer
     seed: int = 0
 
+    def validate(self, where: str = "sampling") -> None:
+        """ValueError naming the first out-of-range field (``where`` prefixes it, e.g. ``eval.sampling``).
+        Every backend calls this before generating, and every stage config on its own section."""
+        if self.n < 1:
+            raise ValueError(f"{where}.n must be >= 1, got {self.n}")
+        if self.max_tokens < 1:
+            raise ValueError(f"{where}.max_tokens must be >= 1, got {self.max_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"{where}.temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"{where}.top_p must be in (0, 1], got {self.top_p}")
+
 
 @dataclass
 class Request:

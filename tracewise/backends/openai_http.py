@@ -189,8 +189,7 @@ class OpenAIBackend:
     def generate(self, requests: list[Request], sampling: SamplingParams,
                  progress: Callable[[int], Any] | None = None) -> Iterator[list[Completion]]:
         """Yield completions in small batches as they finish (each batch = what finished meanwhile)."""
-        if sampling.n < 1 or sampling.max_tokens < 1 or sampling.temperature < 0 or not 0 < sampling.top_p <= 1:
-            raise ValueError(f"{self.name}: bad sampling parameters {sampling}")
+        sampling.validate(f"{self.name}: sampling")
         jobs = []
         for req in requests:
             for idx in req.sample_idxs if req.sample_idxs is not None else range(sampling.n):

@@ -57,35 +57,3 @@ def progress_bar(description: str, total: int | None) -> Iterator[Callable[[int]
     with Progress(*columns, console=console, transient=False) as prog:
         task = prog.add_task(description, total=total)
         yield lambda k=1: prog.advance(task, k)
-
-
-def trainer_progress_callback(description: str, total: int, describe_log: Callable[[dict], str | None]):
-    """An HF ``TrainerCallback``: a rich bar over optimizer steps, and every 10th logging step one log
-    line ``"<description> step N/T <describe_log(logs)>"`` (nothing when it returns None).
-
-    One class for `train sft` and `train rl`: they differ only in which logged metrics matter.
-    """
-    from transformers import TrainerCallback
-
-    stage_log = logging.getLogger("tracewise.train")
-
-    class _Bar(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kw):
-            self._cm = progress_bar(description, total)
-            self._advance = self._cm.__enter__()
-            self._advance(state.global_step)  # a resumed run starts part-way
-
-        def on_step_end(self, args, state, control, **kw):
-            self._advance(1)
-
-        def on_log(self, args, state, control, logs=None, **kw):
-            if not logs or state.global_step % (args.logging_steps * 10):
-                return
-            text = describe_log(logs)
-            if text is not None:
-                stage_log.info("%s step %d/%d %s", description, state.global_step, total, text)
-
-        def on_train_end(self, args, state, control, **kw):
-            self._cm.__exit__(None, None, None)
-
-    return _Bar()

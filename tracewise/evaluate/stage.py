@@ -66,8 +66,7 @@ class EvalConfig:
             raise ValueError("eval.model is required (a model path or id)")
         if self.backend not in BACKENDS or self.backend == "embedded":
             raise ValueError(f"eval.backend: {self.backend!r} cannot evaluate a model; valid: {sorted(set(BACKENDS) - {'embedded'})}")
-        if self.sampling.n < 1 or self.sampling.max_tokens < 1 or self.sampling.temperature < 0:
-            raise ValueError("eval.sampling: n and max_tokens must be >= 1 and temperature >= 0")
+        self.sampling.validate("eval.sampling")
         self.control.validate()
         if self.verify_workers < -1 or not self.verify_timeout_s > 0:
             raise ValueError(f"eval.verify_workers must be >= -1 and eval.verify_timeout_s > 0, got "

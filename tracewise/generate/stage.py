@@ -58,8 +58,7 @@ class GenerateConfig:
             raise ValueError(f"generate.model is required for backend {self.backend!r}")
         if not self.tokenizer:
             raise ValueError("generate.tokenizer is required: token counts are taken in the student tokenizer")
-        if self.sampling.n < 1 or self.sampling.max_tokens < 1:
-            raise ValueError("generate.sampling.n and sampling.max_tokens must be >= 1")
+        self.sampling.validate("generate.sampling")
         # Nested sections built in Python (not via load_config) are not validated by build().
         self.teacher.validate()
         self.problems.validate()

@@ -8,13 +8,10 @@ done and an interrupted run resumes.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import json
 import logging
-import multiprocessing
-import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from tracewise import curate, evaluate, generate, report
@@ -22,8 +19,9 @@ from tracewise.verify import stage as verify_stage
 from tracewise.backends.base import SamplingParams
 from tracewise.core.config import doc
 from tracewise.data.sources import ProblemsConfig
-from tracewise.core.logs import console, progress_bar
+from tracewise.core.logs import console
 from tracewise.train import sft
+from tracewise.studies.common import TrainSettings, train_all
 from tracewise.world import init_stage
 from tracewise.world.judge import JudgeConfig
 from tracewise.world.problems import WorldConfig
@@ -42,17 +40,6 @@ def _teachers() -> list[TeacherConfig]:
 
 
 @dataclass
-class TrainSettings:
-    """Training settings shared by every quickstart student (same steps and batch for all)."""
-
-    max_steps: int = doc("Optimizer steps per student (1000 keeps the quickstart under 10 min on 2 cores; 3000 reaches the plateau).", 1000)
-    batch_size: int = doc("Batch size.", 16)
-    learning_rate: float = doc("Peak learning rate.", 3e-3)
-    warmup_ratio: float = doc("Warmup fraction.", 0.05)
-    logging_steps: int = doc("Loss logging interval.", 10)
-
-
-@dataclass
 class QuickstartConfig:
     """The quickstart experiment (``tracewise quickstart``)."""
 
@@ -63,7 +50,8 @@ class QuickstartConfig:
     teachers: list[TeacherConfig] = doc("Procedural teachers (style and error rates).", factory=_teachers)
     judge: JudgeConfig = doc("Procedural judge error rates.", factory=JudgeConfig)
     filter: str = doc("Correctness filter for curation: judge | math_verify | both | none.", "both")
-    train: TrainSettings = doc("Training settings shared by all students.", factory=TrainSettings)
+    train: TrainSettings = doc("Training settings shared by all students (1000 steps keep the quickstart under 10 min "
+                               "on 2 cores; 3000 reach the plateau).", factory=lambda: TrainSettings(max_steps=1000))
     eval_samples: int = doc("Samples per test problem (pass@k uses k <= this).", 8)
     eval_temperature: float = doc("Sampling temperature at evaluation.", 0.6)
     eval_max_tokens: int = doc("Max new tokens per evaluation sample.", 400)
@@ -75,31 +63,6 @@ class QuickstartConfig:
             raise ValueError("quickstart.teachers: need at least two teachers with distinct styles")
         if self.parallel < 1:
             raise ValueError("quickstart.parallel must be >= 1")
-
-
-def _train_one(cfg: sft.SFTRunConfig) -> str:
-    """Child-process entry: one student, one thread (two small models train faster side by side)."""
-    from tracewise.core.logs import quiet_library_bars
-
-    os.environ["TRACEWISE_NO_PROGRESS"] = "1"
-    logging.basicConfig(level=logging.WARNING)
-    quiet_library_bars()
-    return str(sft.run(cfg))
-
-
-def _train_all(cfgs: list[sft.SFTRunConfig], parallel: int) -> list[Path]:
-    if parallel == 1 or len(cfgs) == 1:
-        return [sft.run(c) for c in cfgs]
-    ctx = multiprocessing.get_context("spawn")
-    results: dict[int, Path] = {}
-    with progress_bar("train students", len(cfgs)) as advance:
-        with cf.ProcessPoolExecutor(max_workers=parallel, mp_context=ctx) as pool:
-            futures = {pool.submit(_train_one, replace(c, threads=1)): i for i, c in enumerate(cfgs)}
-            for fut in cf.as_completed(futures):
-                results[futures[fut]] = Path(fut.result())
-                log.info("trained %s", cfgs[futures[fut]].experiment)
-                advance(1)
-    return [results[i] for i in range(len(cfgs))]
 
 
 def run(cfg: QuickstartConfig) -> Path:
@@ -132,16 +95,11 @@ def run(cfg: QuickstartConfig) -> Path:
                                          filter=cfg.filter, mix_seed=cfg.seed))
     lap("curate")
     names = [t.style for t in cfg.teachers] + ["mix"]
-    t = cfg.train
-    sft_cfgs = [
-        sft.SFTRunConfig(out=str(out), experiment=name, model=base_model, dataset=str(curate.dataset_path(cur, name)),
-                         max_steps=t.max_steps, batch_size=t.batch_size, learning_rate=t.learning_rate,
-                         warmup_ratio=t.warmup_ratio, logging_steps=t.logging_steps, seed=cfg.seed)
-        for name in names
-    ]
+    sft_cfgs = [cfg.train.sft_config(str(out), name, base_model, str(curate.dataset_path(cur, name)), cfg.seed)
+                for name in names]
     # Longest first, so the verbose student does not start last and finish alone.
     order = sorted(range(len(sft_cfgs)), key=lambda i: names[i] != "r1")
-    trained = _train_all([sft_cfgs[i] for i in order], cfg.parallel)
+    trained = train_all([sft_cfgs[i] for i in order], cfg.parallel)
     sft_dirs = {sft_cfgs[i].experiment: d for i, d in zip(order, trained)}
     lap("train")
     test = ProblemsConfig(source="world", split="test", world=cfg.world)

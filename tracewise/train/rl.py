@@ -31,9 +31,8 @@ from typing import Any
 
 from tracewise.core.config import doc
 from tracewise.data.sources import ProblemsConfig, load_problems
-from tracewise.core.store import is_done, mark_done, save_config, stage_dir
-
-from tracewise.core.logs import trainer_progress_callback
+from tracewise.core.store import is_done, last_complete_checkpoint, mark_done, save_config, stage_dir
+from tracewise.train.common import prepare_trainer, series
 
 log = logging.getLogger(__name__)
 
@@ -289,12 +288,6 @@ def trainer_args(cfg: RLRunConfig, output_dir: str, weights: list[float]):
     return RLOOConfig(**kwargs)
 
 
-def _last_checkpoint(ckpt_root: Path) -> str | None:
-    from tracewise.core.store import last_complete_checkpoint
-
-    return last_complete_checkpoint(ckpt_root)  # skips (and deletes) a checkpoint torn by a kill mid-save
-
-
 def _done_steps(run_dir: Path) -> int:
     try:
         return int(json.loads((run_dir / "DONE").read_text()).get("steps", 0))
@@ -308,10 +301,6 @@ def _default_experiment(model_path: str) -> str:
     if Path(model_path).is_dir() and sft_label.is_file():
         return f"{sft_label.read_text().strip()}-rl"
     return f"{Path(model_path).name or 'model'}-rl"
-
-
-def _series(history: list[dict], key: str) -> list[float]:
-    return [float(h[key]) for h in history if isinstance(h.get(key), (int, float))]
 
 
 def run(cfg: RLRunConfig, callbacks: list | None = None) -> Path:
@@ -331,7 +320,7 @@ def run(cfg: RLRunConfig, callbacks: list | None = None) -> Path:
         if done >= cfg.max_steps:
             log.info("train rl: %s is complete (%d steps), nothing to do", run_dir, done)
             return run_dir
-        if not _last_checkpoint(run_dir / "checkpoints"):
+        if not last_complete_checkpoint(run_dir / "checkpoints"):
             raise ValueError(f"train rl: cannot extend {run_dir} to {cfg.max_steps} steps: its checkpoints are gone "
                              "(delete the run dir to train from scratch)")
         log.info("train rl: extending %s from %d to %d steps", run_dir, done, cfg.max_steps)
@@ -357,21 +346,14 @@ def run(cfg: RLRunConfig, callbacks: list | None = None) -> Path:
     trainer_cls = GRPOTrainer if cfg.algorithm == "grpo" else RLOOTrainer
     trainer = trainer_cls(model=model, reward_funcs=reward_funcs, args=args, train_dataset=dataset,
                           processing_class=tokenizer)
-    from transformers.trainer_callback import PrinterCallback
-
-    trainer.remove_callback(PrinterCallback)  # it prints raw dicts; metrics go to logging + log_history.json
-    trainer.add_callback(_progress_callback(cfg.max_steps, cfg.experiment or "rl"))
-    for cb in callbacks or []:
-        trainer.add_callback(cb)
-    resume = _last_checkpoint(ckpt_root)
-    if resume:
-        log.info("train rl: resuming from %s", resume)
+    resume = prepare_trainer(trainer, "rl", cfg.experiment or "rl", cfg.max_steps, _describe_reward, ckpt_root,
+                             callbacks)
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(str(model_dir(run_dir)))
     tokenizer.save_pretrained(str(model_dir(run_dir)))
     history = trainer.state.log_history
     (run_dir / "log_history.json").write_text(json.dumps(history, indent=1))
-    rewards, lengths = _series(history, "reward"), _series(history, "completions/mean_length")
+    rewards, lengths = series(history, "reward"), series(history, "completions/mean_length")
     mark_done(run_dir, {
         "experiment": cfg.experiment, "algorithm": cfg.algorithm, "steps": trainer.state.global_step,
         "first_reward": rewards[0] if rewards else None, "last_reward": rewards[-1] if rewards else None,
@@ -384,12 +366,9 @@ def run(cfg: RLRunConfig, callbacks: list | None = None) -> Path:
     return run_dir
 
 
-def _progress_callback(total: int, label: str):
-    """A rich progress bar over optimizer steps, with the latest reward and completion length."""
-    def describe(logs: dict) -> str | None:
-        if not isinstance(logs.get("reward"), (int, float)):
-            return None
-        return (f"reward {float(logs['reward']):.4f} "
-                f"mean length {float(logs.get('completions/mean_length') or float('nan')):.1f}")
-
-    return trainer_progress_callback(f"train rl [{label}]", total, describe)
+def _describe_reward(logs: dict) -> str | None:
+    """The progress line's metrics: the latest reward and completion length."""
+    if not isinstance(logs.get("reward"), (int, float)):
+        return None
+    return (f"reward {float(logs['reward']):.4f} "
+            f"mean length {float(logs.get('completions/mean_length') or float('nan')):.1f}")

@@ -31,7 +31,7 @@ from pathlib import Path
 from tracewise.core.config import doc
 from tracewise.core.store import is_done, mark_done, save_config, stage_dir
 
-from tracewise.core.logs import trainer_progress_callback
+from tracewise.train.common import prepare_trainer, series
 
 log = logging.getLogger(__name__)
 
@@ -158,12 +158,6 @@ def _load_dataset(path: str):
     keep = [c for c in ds.column_names if c not in ("prompt", "completion")]
     ds = ds.remove_columns(keep)
     return ds
-
-
-def _last_checkpoint(ckpt_root: Path) -> str | None:
-    from tracewise.core.store import last_complete_checkpoint
-
-    return last_complete_checkpoint(ckpt_root)  # skips (and deletes) a checkpoint torn by a kill mid-save
 
 
 def adapter_dir(run_dir: str | Path) -> Path:
@@ -316,14 +310,8 @@ def run(cfg: SFTRunConfig) -> Path:
     trainer_cls = _trainer_class() if cfg.fast_loss else __import__("trl").SFTTrainer
     trainer = trainer_cls(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                           peft_config=_peft_config(cfg))
-    from transformers.trainer_callback import PrinterCallback
-
-    trainer.remove_callback(PrinterCallback)  # it prints raw dicts; losses go to logging + log_history.json
-    if main:
-        trainer.add_callback(_progress_callback(cfg.max_steps, cfg.experiment or "sft"))
-    resume = _last_checkpoint(ckpt_root)
-    if resume:
-        log.info("train sft: resuming from %s", resume)
+    resume = prepare_trainer(trainer, "sft", cfg.experiment or "sft", cfg.max_steps, _describe_loss if main else None,
+                             ckpt_root)
     log.info("train sft [%s]: rank %d of %d: batch %d × grad_accum %d × %d process(es) = global batch %d%s",
              cfg.experiment, trainer.args.process_index, n_procs, cfg.batch_size, grad_accum, n_procs,
              n_procs * cfg.batch_size * grad_accum,
@@ -333,7 +321,7 @@ def run(cfg: SFTRunConfig) -> Path:
     if main:
         history = trainer.state.log_history
         (run_dir / "log_history.json").write_text(json.dumps(history, indent=1))
-        losses = [h["loss"] for h in history if "loss" in h]
+        losses = series(history, "loss")
         mark_done(run_dir, {"experiment": cfg.experiment, "steps": trainer.state.global_step,
                             "processes": n_procs, "global_batch": n_procs * cfg.batch_size * grad_accum,
                             "lora_r": cfg.lora.r, "qlora": cfg.qlora,
@@ -375,7 +363,6 @@ def _save(cfg: SFTRunConfig, trainer, tokenizer, run_dir: Path, main: bool) -> N
     log.info("train sft: final model saved to %s", model_dir(run_dir))
 
 
-def _progress_callback(total: int, label: str):
-    """A rich progress bar over optimizer steps, with the latest loss."""
-    return trainer_progress_callback(
-        f"train sft [{label}]", total, lambda logs: f"loss {float(logs['loss']):.4f}" if "loss" in logs else None)
+def _describe_loss(logs: dict) -> str | None:
+    """The progress line's metric: the latest loss."""
+    return f"loss {float(logs['loss']):.4f}" if "loss" in logs else None
