@@ -19,6 +19,7 @@ from rich.markup import escape
 
 from tracewise.core.config import dump_config, load_config
 from tracewise.core.logs import console, setup_logging
+from tracewise.studies import STUDIES
 
 log = logging.getLogger("tracewise")
 
@@ -47,14 +48,10 @@ STAGES: dict[str, tuple[str, str]] = {
     "eval": ("tracewise.evaluate.stage", "EvalConfig"),
     "report": ("tracewise.report.stage", "ReportConfig"),
     "rl": ("tracewise.train.rl", "RLRunConfig"),
-    "rl-alpha": ("tracewise.studies.rl_alpha", "RLAlphaConfig"),
-    "controls-study": ("tracewise.studies.controls", "ControlsStudyConfig"),
-    "few-shot-study": ("tracewise.studies.few_shot", "FewShotStudyConfig"),
-    "transfer-study": ("tracewise.studies.transfer", "TransferConfig"),
-    "judge-bias-study": ("tracewise.studies.judge_bias", "JudgeBiasConfig"),
-    "curation-study": ("tracewise.studies.curation_ablation", "CurationStudyConfig"),
-    # training stages beyond SFT and the follow-up studies (registered under `train` / `study` below)
 }
+# The follow-up studies (tracewise.studies.STUDIES), as stages named "<name>-study" ("rl-alpha" keeps its name).
+STAGES.update({(name if name == "rl-alpha" else f"{name}-study"): (module, cls)
+               for name, (module, cls, _summary) in STUDIES.items()})
 
 
 def _fields_help(cls: type, prefix: str = "") -> list[str]:
@@ -158,7 +155,6 @@ _register(app, "verify", "verify", "Check each trace's final answer with math-ve
 _register(app, "curate", "curate", "Keep problems every teacher got right; build per-teacher and mixed SFT datasets.")
 _register(train_app, "sft", "sft", "Supervised fine-tuning with TRL SFTTrainer (completion-only loss, cosine).")
 _register(train_app, "rl", "rl", "RL from an SFT model with length-penalised rewards (TRL GRPO/RLOO, 8 samples/prompt).")
-_register(study_app, "rl-alpha", "rl-alpha", "Sweep the Arora-Zanette length penalty alpha on the quickstart R1 student.")
 
 
 def _eval(
@@ -179,17 +175,8 @@ def _eval(
 _register(app, "eval", "eval", "Sample a model on held-out problems: pass@k, maj@k, tokens, CIs "
           "(test-time controls: --control, budget sweeps: --budget 16,32,64).", command=_eval)
 _register(app, "report", "report", "Write report.md / report.html / summary.json from eval results.")
-# `train rl` and `study ...` commands: one _register line each, beside their STAGES entry above.
-_register(study_app, "controls", "controls-study", "Test-time controls vs trained students: budget sweeps per "
-          "student and control, accuracy-vs-tokens curves and areas (report section).")
-_register(study_app, "transfer", "transfer-study", "Other domains (ordering, listops): style token ratio and accuracy "
-          "parity per domain, and the transferability index of math-only students.")
-_register(study_app, "judge-bias", "judge-bias-study", "Judge-bias ablation: judge / math-verify / both / no filter and "
-          "judge error sweeps; kept size, wrong traces let through, student accuracy and tokens (report section).")
-_register(study_app, "curation", "curation-study", "Curation strategies (random, s1, LIMO, difficulty-adaptive) at "
-          "equal dataset size: student accuracy and tokens per strategy (report section).")
-_register(study_app, "few-shot", "few-shot-study", "Few-shot style transfer: k exemplars in the other teacher's style "
-          "(and the student's own) vs zero-shot; change in tokens and accuracy (report section).")
+for _name in STUDIES:
+    _register(study_app, _name, _name if _name == "rl-alpha" else f"{_name}-study", STUDIES[_name][2])
 
 
 @app.command()
