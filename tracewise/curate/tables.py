@@ -14,6 +14,7 @@ from tracewise.curate import decontam
 from tracewise.curate import strategies as curation_strategies
 from tracewise.verify.llm_judge import excerpt
 
+
 @dataclass
 class CurationInputs:
     """Validated inputs: the problems, each selected teacher's sample-0 traces, and their verdicts."""
@@ -23,13 +24,17 @@ class CurationInputs:
     traces: dict[str, dict[str, Trace]]  # teacher -> problem id -> sample-0 trace
     verdicts: dict[str, Verdict]  # Verdict.key -> verdict
 
+
 def _rate(flags: list[bool]) -> float | None:
     return sum(flags) / len(flags) if flags else None
+
 
 def _mean(xs: list[int]) -> float | None:
     return mean(xs) if xs else None
 
+
 SHOW_DISAGREEMENTS = 10  # rows of table.md; disagreements.jsonl holds them all
+
 
 def judge_disagreements(inp: CurationInputs) -> list[dict]:
     """Every compared trace where the judge and math-verify disagree, with the judge's raw output.
@@ -48,6 +53,7 @@ def judge_disagreements(inp: CurationInputs) -> list[dict]:
                          "judge": jd.correct, "judge_reason": jd.reason, "raw_excerpt": excerpt(jd.raw),
                          "raw": jd.raw})
     return rows
+
 
 def curation_table(inp: CurationInputs, kept: list[str], filter_name: str, mix_counts: dict | None) -> dict:
     """The numbers behind ``table.md``; ``None`` where an input does not carry what a number needs."""
@@ -103,11 +109,14 @@ def curation_table(inp: CurationInputs, kept: list[str], filter_name: str, mix_c
             table["token_ratio"] = {"longest": l_name, "shortest": s_name, "ratio": long_ / short}
     return table
 
+
 def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
+
 def _num(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.1f}"
+
 
 def render_table(table: dict) -> str:
     """Markdown for ``table.md`` (the report includes it verbatim under its own heading)."""
@@ -147,9 +156,11 @@ def render_table(table: dict) -> str:
         lines.extend(_render_disagreements(table["disagreements"]))
     return "\n".join(lines) + "\n"
 
+
 def _cell(x, limit: int = 60) -> str:
     text = " ".join(str(x).split()).replace("|", "\\|")
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
 
 def _render_disagreements(d: dict) -> list[str]:
     lines = ["", f"Judge and math-verify disagree on {d['n']} of {d['of']} traces"
@@ -161,6 +172,7 @@ def _render_disagreements(d: dict) -> list[str]:
             lines.append(f"| {_cell(r['problem_id'])} | {_cell(r['teacher'])} | {_cell(r['pred'])} | {_cell(r['gold'])} "
                          f"| {r['math_verify_reason']} | {r['judge_reason']} | {_cell(r['raw_excerpt'], 160)} |")
     return lines
+
 
 def _write_disagreements(path: Path, rows: list[dict]) -> None:
     """One JSON object per line, for reading by eye or with jq; written atomically."""

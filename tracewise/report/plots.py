@@ -7,6 +7,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+
 def plot_accuracy_vs_tokens(rows: list[dict], path: Path) -> Path:
     """Scatter of pass@1 (circles) and pass@8 (triangles) against mean tokens, with CI bars."""
     fig = Figure(figsize=(7, 4.5))
@@ -33,6 +34,7 @@ def plot_accuracy_vs_tokens(rows: list[dict], path: Path) -> Path:
     ax.legend(handles=handles, loc="lower right")
     return _save(fig, path)
 
+
 def plot_learning_curves(curves: list[tuple[str, list[float], list[float]]], path: Path) -> Path:
     """Training loss against step, one line per run."""
     fig = Figure(figsize=(7, 4))
@@ -45,6 +47,7 @@ def plot_learning_curves(curves: list[tuple[str, list[float], list[float]]], pat
     ax.grid(alpha=0.3)
     ax.legend()
     return _save(fig, path)
+
 
 def _save(fig: Figure, path: Path) -> Path:
     fig.tight_layout()

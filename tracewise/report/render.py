@@ -21,6 +21,7 @@ CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;
 table{border-collapse:collapse;margin:1em 0;font-size:.9em}th,td{border:1px solid #ccc;padding:.3em .6em}
 th{background:#f3f3f3}tr.hl td{background:#fff4c2}img{max-width:100%}pre{background:#f6f6f6;padding:.6em}"""
 
+
 def render_markdown(title: str, sections: list[Section], out: Path) -> str:
     """The report as markdown; images outside ``out`` are copied in so relative refs resolve."""
     parts = [f"# {title}"]
@@ -39,6 +40,7 @@ def render_markdown(title: str, sections: list[Section], out: Path) -> str:
             parts.append(f"![{sec.title}]({img.name})")
     return "\n\n".join(parts) + "\n"
 
+
 def _inline(text: str, base: Path) -> str:
     """Escape, then render `code`, **bold**, images (as data URIs) and links."""
     out = html.escape(text, quote=False)
@@ -55,6 +57,7 @@ def _inline(text: str, base: Path) -> str:
 
     out = re.sub(r"!\[([^\]]*)\]\(([^)]+)\)", image, out)
     return re.sub(r"\[([^\]]+)\]\(([^)]+)\)", r'<a href="\2">\1</a>', out)
+
 
 def markdown_to_html(text: str, base: Path) -> str:
     """Render the markdown subset this report writes; images resolve relative to ``base``."""
@@ -90,6 +93,7 @@ def markdown_to_html(text: str, base: Path) -> str:
             out.append("<p>" + _inline(" ".join(para), base) + "</p>")
     return "\n".join(out)
 
+
 def _table_html(rows: list[str], base: Path) -> str:
     def cells(line: str) -> list[str]:
         return [c.strip() for c in line.strip().strip("|").split("|")]
@@ -102,6 +106,7 @@ def _table_html(rows: list[str], base: Path) -> str:
         cls = ' class="hl"' if cs and cs[0].startswith("**") else ""
         parts.append(f"<tr{cls}>" + "".join(f"<td>{_inline(c, base)}</td>" for c in cs) + "</tr>")
     return "".join(parts) + "</tbody></table>"
+
 
 def html_page(title: str, markdown: str, base: Path) -> str:
     """The whole ``report.html``: ``markdown`` rendered, images inlined from ``base``."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+
 @dataclass
 class Section:
     """One report section: a title, a markdown body and PNG images shown after the body."""
@@ -22,6 +23,7 @@ class Section:
     title: str
     markdown: str
     images: list[Path] = field(default_factory=list)
+
 
 def section_from_dict(d: dict, where: str) -> Section:
     """Build a ``Section`` from ``{title, markdown, images}``, raising ``ValueError`` naming ``where``."""
@@ -37,6 +39,7 @@ def section_from_dict(d: dict, where: str) -> Section:
         raise ValueError(f"{where}: image(s) not found: {missing}")
     return Section(title, body, [Path(p) for p in images])
 
+
 def load_section_file(path: str | Path) -> Section:
     """Read a study's ``section.json``; image paths in it are relative to the file's directory."""
     path = Path(path)
@@ -48,6 +51,7 @@ def load_section_file(path: str | Path) -> Section:
         d = {**d, "images": [str(path.parent / p) if not Path(p).is_absolute() else p for p in d["images"]]}
     return section_from_dict(d, str(path))
 
+
 def write_section_file(path: str | Path, title: str, markdown: str, images: list[str | Path] = ()) -> Path:
     """Write a study's report section as JSON (images stored relative to ``path``'s directory)."""
     path = Path(path)
@@ -58,6 +62,7 @@ def write_section_file(path: str | Path, title: str, markdown: str, images: list
     tmp.write_text(json.dumps({"title": title, "markdown": markdown, "images": rel}, indent=2), encoding="utf-8")
     tmp.replace(path)
     return path
+
 
 SectionBuilder = Callable[[list[dict], Path, list[Section]], list[Section]]
 SECTIONS: dict[str, SectionBuilder] = {}

@@ -186,6 +186,7 @@ def pearson(xs: list[float], ys: list[float]) -> float | None:
 def quickstart_test_problems() -> ProblemsConfig:
     return ProblemsConfig(split="test", world=WorldConfig(n_train=4000, n_test=100))  # tracewise.studies.quickstart's world
 
+
 def discover_students(run_dir: str | Path) -> dict[str, Path]:
     """``{experiment: model dir}`` of the finished SFT and RL runs (``sft-*``, ``rl-*``) under ``run_dir``."""
     root = Path(run_dir)
@@ -204,6 +205,7 @@ def discover_students(run_dir: str | Path) -> dict[str, Path]:
         found[name] = model
     return found
 
+
 def parse_models(specs: list[str], field_name: str) -> dict[str, str]:
     """``["name=path", ...]`` → ``{name: path}``; a bad entry is a ValueError naming ``field_name``."""
     out: dict[str, str] = {}
@@ -215,6 +217,7 @@ def parse_models(specs: list[str], field_name: str) -> dict[str, str]:
             raise ValueError(f"{field_name}: {name.strip()!r} is listed twice")
         out[name.strip()] = path.strip()
     return out
+
 
 @dataclass
 class StudentsStudy:

@@ -10,6 +10,7 @@ from typing import Callable
 from tracewise.core.logs import progress_bar
 from tracewise.core.store import last_complete_checkpoint
 
+
 def trainer_progress_callback(description: str, total: int, describe_log: Callable[[dict], str | None]):
     """An HF ``TrainerCallback``: a rich bar over optimizer steps, and every 10th logging step one log
     line ``"<description> step N/T <describe_log(logs)>"`` (nothing when it returns None).
@@ -40,6 +41,7 @@ def trainer_progress_callback(description: str, total: int, describe_log: Callab
             self._cm.__exit__(None, None, None)
 
     return _Bar()
+
 
 def prepare_trainer(trainer, stage: str, label: str, total: int, describe_log: Callable[[dict], str | None] | None,
                     ckpt_root: Path, callbacks: list | None = None) -> str | None:

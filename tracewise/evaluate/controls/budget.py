@@ -5,22 +5,10 @@ from __future__ import annotations
 
 from tracewise.backends.base import Backend, Completion, Request, SamplingParams
 from tracewise.core.tokens import THINK_CLOSE, n_tokens
-from tracewise.evaluate.controls.continuation import (
-    Key,
-    _check_backend,
-    _check_budgets,
-    _check_requests,
-    _check_text,
-    _continue,
-    _cut_prefixes,
-    _finish,
-    _generate,
-    _keys,
-    _phase_sampling,
-    _plain,
-    _positive_int,
-    _Trace,
-)
+from tracewise.evaluate.controls.continuation import (Key, _check_backend, _check_budgets, _check_requests,
+                                                      _check_text, _continue, _cut_prefixes, _finish, _generate,
+                                                      _keys, _phase_sampling, _plain, _positive_int, _Trace)
+
 
 def truncate(backend: Backend, requests: list[Request], sampling: SamplingParams, budget: int) -> list[Completion]:
     """Baseline: plain generation cut at ``budget`` tokens (thinking + answer). A cut sample keeps
@@ -29,6 +17,7 @@ def truncate(backend: Backend, requests: list[Request], sampling: SamplingParams
     _check_requests(requests, sampling)
     _check_backend(backend, prefix=False)
     return _plain(backend, requests, sampling, budget, {"control": "truncate", "budget": budget})
+
 
 def _force(
     backend, tokenizer, requests, sampling, budget, first: dict[Key, Completion], final_prompt, answer_tokens
@@ -58,6 +47,7 @@ def _force(
     meta = {"control": "budget_force", "budget": budget}
     return [_finish(traces[(r.id, i)], tokenizer, first[(r.id, i)], meta) for r, i in _keys(requests, sampling)]
 
+
 def budget_force(
     backend: Backend,
     requests: list[Request],
@@ -84,6 +74,7 @@ def budget_force(
     tokenizer = _check_backend(backend, prefix=True)
     first = _generate(backend, requests, _phase_sampling(sampling, "first", budget))
     return _force(backend, tokenizer, requests, sampling, budget, first, final_prompt, answer_tokens)
+
 
 def budget_sweep(
     backend: Backend,
@@ -113,6 +104,7 @@ def budget_sweep(
         budget: _force(backend, tokenizer, requests, sampling, budget, first, final_prompt, answer_tokens)
         for budget, first in _cut_prefixes(backend, tokenizer, requests, sampling, budgets)
     }
+
 
 def truncate_sweep(
     backend: Backend, requests: list[Request], sampling: SamplingParams, budgets: list[int]

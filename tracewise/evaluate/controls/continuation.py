@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 Key = tuple[str, int]  # (request id, sample idx)
 
+
 # ---- validation --------------------------------------------------------------------------------
 
 def supports_prefix(backend: Any) -> bool:
@@ -29,20 +30,24 @@ def supports_prefix(backend: Any) -> bool:
     ``supports_prefix = True`` attribute; anything else is assumed not to."""
     return getattr(backend, "supports_prefix", False) is True
 
+
 def _positive_int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
     return value
+
 
 def _non_negative_int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"{name} must be an int >= 0, got {value!r}")
     return value
 
+
 def _check_text(value: Any, name: str, *, empty_ok: bool) -> str:
     if not isinstance(value, str) or (not empty_ok and not value):
         raise ValueError(f"{name} must be a {'' if empty_ok else 'non-empty '}str, got {value!r}")
     return value
+
 
 def _check_requests(requests: list[Request], sampling: SamplingParams) -> None:
     if not isinstance(sampling, SamplingParams):
@@ -60,6 +65,7 @@ def _check_requests(requests: list[Request], sampling: SamplingParams) -> None:
             if not 0 <= idx < sampling.n:
                 raise ValueError(f"request {r.id!r}: sample_idx {idx} is outside 0..{sampling.n - 1}")
 
+
 def _check_backend(backend: Any, *, prefix: bool) -> Any:
     """Return the backend's tokenizer after checking the capabilities a control needs."""
     name = getattr(backend, "name", type(backend).__name__)
@@ -73,6 +79,7 @@ def _check_backend(backend: Any, *, prefix: bool) -> Any:
         raise ValueError(f"backend {name!r} has no tokenizer; controls count tokens in the backend tokenizer")
     return tokenizer
 
+
 def _check_budgets(budgets: Any) -> list[int]:
     if not isinstance(budgets, (list, tuple)) or not budgets:
         raise ValueError(f"budgets must be a non-empty list of positive ints, got {budgets!r}")
@@ -80,14 +87,17 @@ def _check_budgets(budgets: Any) -> list[int]:
         _positive_int(b, "each budget")
     return list(budgets)
 
+
 # ---- generation plumbing -----------------------------------------------------------------------
 
 def _phase_sampling(sampling: SamplingParams, phase: str, max_tokens: int) -> SamplingParams:
     seed = sampling.seed if phase == "first" else sample_seed(sampling.seed, f"tracewise.controls/{phase}", 0)
     return dataclasses.replace(sampling, max_tokens=max_tokens, seed=seed)
 
+
 def _keys(requests: list[Request], sampling: SamplingParams) -> list[tuple[Request, int]]:
     return [(r, i) for r in requests for i in (r.sample_idxs if r.sample_idxs is not None else range(sampling.n))]
+
 
 def _generate(backend: Backend, requests: list[Request], sampling: SamplingParams) -> dict[Key, Completion]:
     """All completions of one backend call, keyed by (request id, sample idx); all must come back."""
@@ -101,6 +111,7 @@ def _generate(backend: Backend, requests: list[Request], sampling: SamplingParam
     if missing:
         raise RuntimeError(f"backend {getattr(backend, 'name', backend)!r} returned no completion for {sorted(missing)[:5]}")
     return out
+
 
 def _continue(
     backend: Backend, jobs: list[tuple[Request, int, str, int]], sampling: SamplingParams, phase: str
@@ -137,6 +148,7 @@ def _continue(
         out.update(_generate(backend, again, _phase_sampling(sampling, phase, limit)))
     return out
 
+
 @dataclass
 class _Trace:
     """One sample under construction: pieces of ``(text, generated tokens | None if inserted)``."""
@@ -155,6 +167,7 @@ class _Trace:
     def generated(self) -> int:
         return sum(n for _, n in self.pieces if n is not None)
 
+
 def _thinking_tokens(pieces: list[tuple[str, int | None]], tokenizer) -> int:
     done = 0
     for text, n in pieces:
@@ -165,6 +178,7 @@ def _thinking_tokens(pieces: list[tuple[str, int | None]], tokenizer) -> int:
     # No </think> at all: still thinking if it was opened, or if a control inserted text into it.
     opened = THINK_OPEN in "".join(t for t, _ in pieces) or any(n is None for _, n in pieces)
     return done if opened else 0
+
 
 def _finish(trace: _Trace, tokenizer, first: Completion, control_meta: dict) -> Completion:
     meta = {k: first.meta[k] for k in ("prompt_tokens",) if k in first.meta}
@@ -179,6 +193,7 @@ def _finish(trace: _Trace, tokenizer, first: Completion, control_meta: dict) -> 
     meta.setdefault("n_discarded_tokens", 0)
     return Completion(trace.request.id, trace.idx, trace.text, trace.generated, trace.finish, meta)
 
+
 def _plain(backend, requests, sampling, max_tokens: int, control_meta: dict, insert: str = "") -> list[Completion]:
     tokenizer = getattr(backend, "tokenizer")
     gen = _generate(backend, requests, _phase_sampling(sampling, "first", max_tokens))
@@ -188,6 +203,7 @@ def _plain(backend, requests, sampling, max_tokens: int, control_meta: dict, ins
         pieces = ([(insert, None)] if insert else []) + [(c.text, c.n_tokens)]
         out.append(_finish(_Trace(r, i, pieces, c.finish_reason), tokenizer, c, control_meta))
     return out
+
 
 def _token_ids(c: Completion, tokenizer) -> list[int] | None:
     """The generated token ids of ``c`` (EOS excluded), or None when they cannot be recovered.
@@ -204,9 +220,11 @@ def _token_ids(c: Completion, tokenizer) -> list[int] | None:
         return None
     return list(ids)
 
+
 def _decode(tokenizer, ids: list[int]) -> str:
     # As the HF backend decodes: special tokens (<think>, </think>) kept, no space clean-up.
     return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
 
 def _cut_prefixes(backend, tokenizer, requests, sampling, budgets: list[int]):
     """Yield ``(budget, {key: first-B-tokens completion})`` for ascending ``budgets``, generating

@@ -11,16 +11,11 @@ from typing import Any, Callable
 from tracewise.backends.base import Backend, Completion, Request, SamplingParams
 from tracewise.core.config import doc
 from tracewise.evaluate.controls.budget import budget_force, budget_sweep, truncate, truncate_sweep
-from tracewise.evaluate.controls.continuation import (
-    _check_backend,
-    _check_requests,
-    _non_negative_int,
-    _plain,
-    _positive_int,
-    supports_prefix,
-)
+from tracewise.evaluate.controls.continuation import (_check_backend, _check_requests, _non_negative_int, _plain,
+                                                      _positive_int, supports_prefix)
 from tracewise.evaluate.controls.think_free import THINK_FREE_PREFIX, think_free
 from tracewise.evaluate.controls.wait import wait_extend, wait_sweep
+
 
 # ---- one entry point for the eval stage ---------------------------------------------------------
 
@@ -93,6 +88,7 @@ SWEEPABLE = {"budget_force": "budget", "truncate": "budget", "wait_extend": "min
 
 NEEDS_PREFIX = ("budget_force", "wait_extend", "think_free")
 
+
 @dataclass
 class ControlConfig:
     """A test-time control applied while evaluating (``eval.control``)."""
@@ -160,12 +156,14 @@ class ControlConfig:
             return f"wait_extend@{self.min_thinking}x{self.max_waits}"
         return self.name
 
+
 def check_backend_for(control: ControlConfig, backend: Any) -> None:
     """ValueError unless ``backend`` (an instance or a backend class) can run ``control``."""
     if get_control(control.name).needs_prefix and not supports_prefix(backend):
         name = getattr(backend, "name", getattr(backend, "__name__", type(backend).__name__))
         raise ValueError(f"control {control.name!r} continues a prefix, but backend {name!r} does not support "
                          "continuing from Request.prefix (supports_prefix); use control 'truncate' or 'none'")
+
 
 def control_sweep(
     control: ControlConfig, backend: Backend, requests: list[Request], sampling: SamplingParams

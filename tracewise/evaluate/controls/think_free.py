@@ -10,6 +10,7 @@ from tracewise.evaluate.controls.continuation import _check_text
 
 THINK_FREE_PREFIX = THINK_OPEN + THINK_CLOSE
 
+
 def think_free(requests: list[Request], *, prefix: str = THINK_FREE_PREFIX) -> list[Request]:
     """ThinkFree: copies of ``requests`` whose assistant turn starts with an empty thinking span.
 

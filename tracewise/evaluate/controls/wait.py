@@ -5,20 +5,10 @@ from __future__ import annotations
 
 from tracewise.backends.base import Backend, Completion, Request, SamplingParams
 from tracewise.core.tokens import THINK_CLOSE, THINK_OPEN, n_tokens
-from tracewise.evaluate.controls.continuation import (
-    Key,
-    _check_backend,
-    _check_budgets,
-    _check_requests,
-    _check_text,
-    _continue,
-    _finish,
-    _generate,
-    _keys,
-    _non_negative_int,
-    _positive_int,
-    _Trace,
-)
+from tracewise.evaluate.controls.continuation import (Key, _check_backend, _check_budgets, _check_requests,
+                                                      _check_text, _continue, _finish, _generate, _keys,
+                                                      _non_negative_int, _positive_int, _Trace)
+
 
 def wait_extend(
     backend: Backend,
@@ -42,6 +32,7 @@ def wait_extend(
     first = _generate(backend, requests, sampling)
     return _extend(backend, tokenizer, requests, sampling, first, min_thinking, max_waits, wait)
 
+
 def wait_sweep(
     backend: Backend, requests: list[Request], sampling: SamplingParams, min_thinkings: list[int], max_waits: int,
     *, wait: str = "Wait",
@@ -52,6 +43,7 @@ def wait_sweep(
     tokenizer = _check_wait(backend, requests, sampling, min_thinkings, max_waits, wait)
     first = _generate(backend, requests, sampling)
     return {m: _extend(backend, tokenizer, requests, sampling, first, m, max_waits, wait) for m in sorted(set(min_thinkings))}
+
 
 def _check_wait(backend, requests, sampling, min_thinkings: list[int], max_waits: int, wait: str):
     for m in min_thinkings:
@@ -66,6 +58,7 @@ def _check_wait(backend, requests, sampling, min_thinkings: list[int], max_waits
         if m >= sampling.max_tokens:
             raise ValueError(f"min_thinking ({m}) must be below sampling.max_tokens ({sampling.max_tokens})")
     return _check_backend(backend, prefix=True)
+
 
 def _extend(backend, tokenizer, requests, sampling, first: dict[Key, Completion], min_thinking: int, max_waits: int,
             wait: str) -> list[Completion]:
