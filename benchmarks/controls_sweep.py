@@ -42,10 +42,10 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from tracewise.backends.base import SamplingParams
-    from tracewise.studies import controls, few_shot
+    from tracewise.studies import common, controls, few_shot
 
     sampling = SamplingParams(n=args.n, temperature=0.6, max_tokens=args.max_tokens, seed=0)
-    problems = controls.quickstart_test_problems()
+    problems = common.quickstart_test_problems()
     problems.limit = args.limit
     out = Path(args.out)
     students = [s.strip() for s in args.students.split(",") if s.strip()]

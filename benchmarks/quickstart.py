@@ -15,10 +15,10 @@ import logging
 import tempfile
 from pathlib import Path
 
-from tracewise import quickstart
-from tracewise.config import load_config
-from tracewise.progress import setup_logging
-from tracewise.records import Sample, read_records
+from tracewise.studies import quickstart
+from tracewise.core.config import load_config
+from tracewise.core.logs import setup_logging
+from tracewise.core.records import Sample, read_records
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     os.environ.setdefault("TRACEWISE_NO_PROGRESS", "1")
 
-    from tracewise.config import load_config
+    from tracewise.core.config import load_config
     from tracewise.studies import rl_alpha
 
     cfg = load_config(rl_alpha.RLAlphaConfig, a.config, a.overrides)

@@ -30,9 +30,9 @@ log = logging.getLogger("bench.rl")
 
 def build_student(tmp: Path, sft_steps: int) -> str:
     """Embedded student (default size) + a short SFT on concise world traces; returns its model dir."""
-    from tracewise.curate import save_dataset
-    from tracewise.tokens import student_completion
-    from tracewise.traces import parse_completion
+    from tracewise.curate.stage import save_dataset
+    from tracewise.core.tokens import student_completion
+    from tracewise.core.text import parse_completion
     from tracewise.train.sft import SFTRunConfig, model_dir
     from tracewise.train.sft import run as sft_run
     from tracewise.world.init_stage import InitStudentConfig, model_path
@@ -109,7 +109,7 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     from trl import GRPOTrainer, RLOOTrainer
 
-    from tracewise.problem_sources import ProblemsConfig
+    from tracewise.data.sources import ProblemsConfig
     from tracewise.train.rl import RLRunConfig, run
 
     tmp = Path(tempfile.mkdtemp())

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import torch
 
-from tracewise.tokens import student_completion
-from tracewise.traces import parse_completion
+from tracewise.core.tokens import student_completion
+from tracewise.core.text import parse_completion
 from tracewise.world.problems import WorldConfig, generate_problems
 from tracewise.world.student import StudentConfig, init_student
 from tracewise.world.teachers import TeacherConfig, write_trace

@@ -2,7 +2,7 @@
 
 The baseline is what a shell loop or a naive job-per-comparison setup does: start a Python
 process, import math-verify, parse and compare one (pred, gold), exit. The measured path is
-``tracewise.verify_pool.VerifyPool.verify_many`` over the same kind of workload an eval or RL step
+``tracewise.verify.pool.VerifyPool.verify_many`` over the same kind of workload an eval or RL step
 produces: every MATH-500 gold, several samples per problem, answers that repeat (most samples of a
 problem agree), extraction from full completions included, pool startup included.
 
@@ -57,7 +57,7 @@ def workload(n_problems: int, samples: int, seed: int = 0) -> list[tuple[str, st
 
 def baseline(items: list[tuple[str, str, bool]], n: int) -> float:
     """Median seconds per comparison with a fresh Python process per comparison."""
-    from tracewise.verify import extract_answer
+    from tracewise.verify.answer import extract_answer
 
     times = []
     for text, gold, _ in items[:n]:
@@ -77,8 +77,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     sys.path.insert(0, str(REPO))
-    from tracewise.verify import verify
-    from tracewise.verify_pool import VerifyPool
+    from tracewise.verify.answer import verify
+    from tracewise.verify.pool import VerifyPool
 
     items = workload(args.problems, args.samples)
     per_process_s = baseline(items, args.baseline)

@@ -48,7 +48,7 @@ def student_path(student_run_dir: Path) -> str:
 
 @pytest.fixture(scope="session")
 def student_tokenizer(student_path: str):
-    from tracewise.tokens import load_tokenizer
+    from tracewise.core.tokens import load_tokenizer
 
     return load_tokenizer(student_path)
 

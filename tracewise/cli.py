@@ -17,8 +17,9 @@ from typing import Callable, Optional
 import typer
 from rich.markup import escape
 
-from tracewise.config import dump_config, load_config
-from tracewise.progress import console, setup_logging
+from tracewise.core.config import dump_config, load_config
+from tracewise.core.logs import console, setup_logging
+from tracewise.studies import STUDIES
 
 log = logging.getLogger("tracewise")
 
@@ -39,22 +40,18 @@ app.add_typer(study_app, name="study")
 # stage name -> (module, config class, run function name)
 STAGES: dict[str, tuple[str, str]] = {
     "init-student": ("tracewise.world.init_stage", "InitStudentConfig"),
-    "generate": ("tracewise.generate", "GenerateConfig"),
-    "ingest": ("tracewise.ingest", "IngestConfig"),
-    "verify": ("tracewise.verify_stage", "VerifyConfig"),
-    "curate": ("tracewise.curate", "CurateConfig"),
+    "generate": ("tracewise.generate.stage", "GenerateConfig"),
+    "ingest": ("tracewise.generate.ingest", "IngestConfig"),
+    "verify": ("tracewise.verify.stage", "VerifyConfig"),
+    "curate": ("tracewise.curate.stage", "CurateConfig"),
     "sft": ("tracewise.train.sft", "SFTRunConfig"),
-    "eval": ("tracewise.evaluate", "EvalConfig"),
-    "report": ("tracewise.report", "ReportConfig"),
+    "eval": ("tracewise.evaluate.stage", "EvalConfig"),
+    "report": ("tracewise.report.stage", "ReportConfig"),
     "rl": ("tracewise.train.rl", "RLRunConfig"),
-    "rl-alpha": ("tracewise.studies.rl_alpha", "RLAlphaConfig"),
-    "controls-study": ("tracewise.studies.controls", "ControlsStudyConfig"),
-    "few-shot-study": ("tracewise.studies.few_shot", "FewShotStudyConfig"),
-    "transfer-study": ("tracewise.studies.transfer", "TransferConfig"),
-    "judge-bias-study": ("tracewise.studies.judge_bias", "JudgeBiasConfig"),
-    "curation-study": ("tracewise.studies.curation_ablation", "CurationStudyConfig"),
-    # training stages beyond SFT and the follow-up studies (registered under `train` / `study` below)
 }
+# The follow-up studies (tracewise.studies.STUDIES), as stages named "<name>-study" ("rl-alpha" keeps its name).
+STAGES.update({(name if name == "rl-alpha" else f"{name}-study"): (module, cls)
+               for name, (module, cls, _summary) in STUDIES.items()})
 
 
 def _fields_help(cls: type | object, prefix: str = "") -> list[str]:
@@ -166,7 +163,6 @@ _register(app, "verify", "verify", "Check each trace's final answer with math-ve
 _register(app, "curate", "curate", "Keep problems every teacher got right; build per-teacher and mixed SFT datasets.")
 _register(train_app, "sft", "sft", "Supervised fine-tuning with TRL SFTTrainer (completion-only loss, cosine).")
 _register(train_app, "rl", "rl", "RL from an SFT model with length-penalised rewards (TRL GRPO/RLOO, 8 samples/prompt).")
-_register(study_app, "rl-alpha", "rl-alpha", "Sweep the Arora-Zanette length penalty alpha on the quickstart R1 student.")
 
 
 def _eval(
@@ -192,17 +188,8 @@ _register(app, "eval", "eval", "Sample a model on held-out problems: pass@k, maj
           "(several benchmarks: --benchmark gsm8k,math500,aime24; test-time controls: --control, budget sweeps: "
           "--budget 16,32,64).", command=_eval)
 _register(app, "report", "report", "Write report.md / report.html / summary.json from eval results.")
-# `train rl` and `study ...` commands: one _register line each, beside their STAGES entry above.
-_register(study_app, "controls", "controls-study", "Test-time controls vs trained students: budget sweeps per "
-          "student and control, accuracy-vs-tokens curves and areas (report section).")
-_register(study_app, "transfer", "transfer-study", "Other domains (ordering, listops): style token ratio and accuracy "
-          "parity per domain, and the transferability index of math-only students.")
-_register(study_app, "judge-bias", "judge-bias-study", "Judge-bias ablation: judge / math-verify / both / no filter and "
-          "judge error sweeps; kept size, wrong traces let through, student accuracy and tokens (report section).")
-_register(study_app, "curation", "curation-study", "Curation strategies (random, s1, LIMO, difficulty-adaptive) at "
-          "equal dataset size: student accuracy and tokens per strategy (report section).")
-_register(study_app, "few-shot", "few-shot-study", "Few-shot style transfer: k exemplars in the other teacher's style "
-          "(and the student's own) vs zero-shot; change in tokens and accuracy (report section).")
+for _name in STUDIES:
+    _register(study_app, _name, _name if _name == "rl-alpha" else f"{_name}-study", STUDIES[_name][2])
 
 
 @app.command()
@@ -220,7 +207,7 @@ def serve(
 ) -> None:
     """OpenAI-compatible server (/v1/models, /v1/completions, /v1/chat/completions) for a local model."""
     setup_logging(log_level)
-    from tracewise.serve import serve as run_server
+    from tracewise.backends.serve import serve as run_server
 
     try:
         run_server(model, port, host, served_model_name=served_model_name, trust_remote_code=trust_remote_code,
@@ -232,7 +219,7 @@ def serve(
 
 def _quickstart_epilog() -> str:
     try:
-        from tracewise.quickstart import QuickstartConfig
+        from tracewise.studies.quickstart import QuickstartConfig
     except Exception:  # help must never crash on an optional dependency
         return ""
     return "Config keys (YAML or KEY=VALUE):\n\n" + "\n\n".join(_fields_help(QuickstartConfig))
@@ -247,7 +234,7 @@ def quickstart(
 ) -> None:
     """The paper's experiment in miniature: R1-style vs gpt-oss-style vs 50/50 students, end to end on CPU."""
     setup_logging(log_level)
-    from tracewise import quickstart as qs
+    from tracewise.studies import quickstart as qs
 
     ov = list(overrides or [])
     if out:
@@ -257,14 +244,6 @@ def quickstart(
         qs.run(cfg)
     except ValueError as e:
         _error(e)
-
-
-def main(argv: list[str] | None = None) -> None:
-    app(args=argv)
-
-
-def _entry() -> Callable[[], None]:  # pragma: no cover - console_scripts entry
-    return app
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,7 +10,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from tracewise.backends.base import Backend, Completion, Request, SamplingParams, sample_seed
+from tracewise.backends.base import Backend, Completion, Request, SamplingParams
+from tracewise.core.seeding import sample_seed
 
 # name -> "module:Class". The integrator adds "embedded", "vllm" and "openai" here as they land.
 BACKENDS: dict[str, str] = {

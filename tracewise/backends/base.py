@@ -8,11 +8,11 @@ what an uninterrupted run would have produced.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Protocol
 
-from tracewise.records import Problem
+from tracewise.core.records import Problem
+from tracewise.core.seeding import sample_seed  # noqa: F401  (re-exported: backends seed samples with it)
 
 
 @dataclass
@@ -22,6 +22,18 @@ class SamplingParams:
     top_p: float = 1.0
     max_tokens: int = 512  # new tokens per sample, thinking + answer
     seed: int = 0
+
+    def validate(self, where: str = "sampling") -> None:
+        """ValueError naming the first out-of-range field (``where`` prefixes it, e.g. ``eval.sampling``).
+        Every backend calls this before generating, and every stage config on its own section."""
+        if self.n < 1:
+            raise ValueError(f"{where}.n must be >= 1, got {self.n}")
+        if self.max_tokens < 1:
+            raise ValueError(f"{where}.max_tokens must be >= 1, got {self.max_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"{where}.temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"{where}.top_p must be in (0, 1], got {self.top_p}")
 
 
 @dataclass
@@ -64,9 +76,3 @@ class Backend(Protocol):
         ``progress(k)`` is called with the number of newly finished completions.
         """
         ...
-
-
-def sample_seed(seed: int, request_id: str, sample_idx: int) -> int:
-    """A 63-bit seed that depends only on the sample's identity, never on batching or order."""
-    h = hashlib.sha256(f"{seed}|{request_id}|{sample_idx}".encode()).digest()
-    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)

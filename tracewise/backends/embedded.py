@@ -29,6 +29,7 @@ class EmbeddedTeacherBackend:
         sampling: SamplingParams,
         progress: Callable[[int], Any] | None = None,
     ) -> Iterator[list[Completion]]:
+        sampling.validate()
         batch: list[Completion] = []
         for req in requests:
             if req.problem is None:

@@ -35,7 +35,8 @@ from transformers import (
 )
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-from tracewise.backends.base import Completion, Request, SamplingParams, sample_seed
+from tracewise.backends.base import Completion, Request, SamplingParams
+from tracewise.core.seeding import sample_seed
 
 logger = logging.getLogger(__name__)
 
@@ -243,14 +244,7 @@ class HFBackend:
         progress: Callable[[int], Any] | None = None,
     ) -> Iterator[list[Completion]]:
         """Yield the completions of each batch when it finishes; ``progress(k)`` as rows finish."""
-        if sampling.n < 1:
-            raise ValueError(f"sampling.n must be >= 1, got {sampling.n}")
-        if sampling.max_tokens < 1:
-            raise ValueError(f"sampling.max_tokens must be >= 1, got {sampling.max_tokens}")
-        if sampling.temperature < 0:
-            raise ValueError(f"sampling.temperature must be >= 0, got {sampling.temperature}")
-        if not 0 < sampling.top_p <= 1:
-            raise ValueError(f"sampling.top_p must be in (0, 1], got {sampling.top_p}")
+        sampling.validate()
         rows = self._make_rows(requests, sampling)
         batches = self._plan_batches(rows, sampling.max_tokens)
         logger.info("%s: %d samples in %d batches", self.name, len(rows), len(batches))

@@ -15,7 +15,7 @@ that exhausts its retries (or gets a non-retryable 4xx) becomes a ``Completion``
 callers just do not get that sample, so their own resume logic asks again next run.
 
 The API key is read from the environment variable *named* by ``api_key_env`` and registered with
-``tracewise.redact`` so it never reaches a log line, a saved config or a stored failure reason.
+``tracewise.core.redact`` so it never reaches a log line, a saved config or a stored failure reason.
 """
 
 from __future__ import annotations
@@ -33,9 +33,10 @@ from typing import Any, Callable, Iterator
 
 import httpx
 
-from tracewise.backends.base import Completion, Request, SamplingParams, sample_seed
-from tracewise.config import doc
-from tracewise.redact import check_env_name, redact, register_secret
+from tracewise.backends.base import Completion, Request, SamplingParams
+from tracewise.core.seeding import sample_seed
+from tracewise.core.config import doc
+from tracewise.core.redact import check_env_name, redact, register_secret
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ class OpenAIBackend:
         """The configured tokenizer (chat template on /v1/completions; counts when usage is missing);
         without one, the served model name, which vLLM and SGLang default to the model's path or HF id."""
         if self._tokenizer is None:
-            from tracewise.tokens import load_tokenizer
+            from tracewise.core.tokens import load_tokenizer
 
             try:
                 self._tokenizer = load_tokenizer(self.cfg.tokenizer or self.model, self.trust_remote_code)
@@ -188,8 +189,7 @@ class OpenAIBackend:
     def generate(self, requests: list[Request], sampling: SamplingParams,
                  progress: Callable[[int], Any] | None = None) -> Iterator[list[Completion]]:
         """Yield completions in small batches as they finish (each batch = what finished meanwhile)."""
-        if sampling.n < 1 or sampling.max_tokens < 1 or sampling.temperature < 0 or not 0 < sampling.top_p <= 1:
-            raise ValueError(f"{self.name}: bad sampling parameters {sampling}")
+        sampling.validate(f"{self.name}: sampling")
         jobs = []
         for req in requests:
             for idx in req.sample_idxs if req.sample_idxs is not None else range(sampling.n):

@@ -27,8 +27,9 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
-from tracewise.backends.base import Completion, Request, SamplingParams, sample_seed
-from tracewise.config import doc
+from tracewise.backends.base import Completion, Request, SamplingParams
+from tracewise.core.seeding import sample_seed
+from tracewise.core.config import doc
 
 log = logging.getLogger(__name__)
 
@@ -201,8 +202,7 @@ class VLLMBackend:
 
     def generate(self, requests: list[Request], sampling: SamplingParams,
                  progress: Callable[[int], Any] | None = None) -> Iterator[list[Completion]]:
-        if sampling.n < 1 or sampling.max_tokens < 1 or sampling.temperature < 0 or not 0 < sampling.top_p <= 1:
-            raise ValueError(f"{self.name}: bad sampling parameters {sampling}")
+        sampling.validate(f"{self.name}: sampling")
         jobs = self.jobs(requests, sampling)
         size = self.cfg.chunk_size
         chunks = [jobs[i:i + size] for i in range(0, len(jobs), size)]

@@ -6,7 +6,7 @@ For every student of a quickstart run (its SFT students r1 / gpt-oss / mix, and 
 for the smaller ones), a ``min_thinking`` sweep for ``wait_extend``, a single point for
 ``think_free``, and the student as trained (no control). Every eval is an ordinary stage in the
 store, so a rerun is a no-op and an interrupted study resumes. The rows go to ``<out>/summary.json``
-and the "Test-time controls" section (``tracewise.studies.controls_report``) to
+and the "Test-time controls" section (``tracewise.report.controls``) to
 ``<out>/controls_section.json``; pass it to ``tracewise report section_files=[...]``.
 """
 
@@ -18,66 +18,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tracewise import evaluate
-from tracewise.backends.base import SamplingParams
-from tracewise.config import doc
-from tracewise.controls import CONTROLS, ControlConfig
-from tracewise.metrics import read_summary, write_summary
-from tracewise.problem_sources import ProblemsConfig
-from tracewise.studies.controls_report import write_controls_section
-from tracewise.threads import THREADS_HELP
-from tracewise.world.problems import WorldConfig
+from tracewise.core.config import doc
+from tracewise.evaluate.controls import CONTROLS, ControlConfig
+from tracewise.evaluate.metrics import read_summary, write_summary
+from tracewise.report.controls import write_controls_section
+from tracewise.studies.common import StudentsStudy, parse_models
 
 log = logging.getLogger(__name__)
 
 STUDY_CONTROLS = ("budget_force", "truncate", "wait_extend", "think_free")
 
 
-def quickstart_test_problems() -> ProblemsConfig:
-    return ProblemsConfig(split="test", world=WorldConfig(n_train=4000, n_test=100))  # tracewise.quickstart's world
-
-
-def discover_students(run_dir: str | Path) -> dict[str, Path]:
-    """``{experiment: model dir}`` of the finished SFT and RL runs (``sft-*``, ``rl-*``) under ``run_dir``."""
-    root = Path(run_dir)
-    if not root.is_dir():
-        raise ValueError(f"{root}: run directory not found (run `tracewise quickstart` first, or set models)")
-    found: dict[str, Path] = {}
-    for d in sorted([*root.glob("sft-*"), *root.glob("rl-*")]):
-        label_file, model = d / "experiment.txt", d / "model"
-        if not ((d / "DONE").exists() and label_file.is_file() and (model / "config.json").is_file()):
-            continue
-        name = label_file.read_text(encoding="utf-8").strip() or d.name
-        if name in found:  # two runs with one label (e.g. RL reruns with other settings): name the later by its dir
-            log.warning("%s: %s and %s are both labelled %r; the second is %r", root, found[name].parent.name,
-                        d.name, name, f"{name} ({d.name})")
-            name = f"{name} ({d.name})"
-        found[name] = model
-    return found
-
-
-def parse_models(specs: list[str], field_name: str) -> dict[str, str]:
-    """``["name=path", ...]`` → ``{name: path}``; a bad entry is a ValueError naming ``field_name``."""
-    out: dict[str, str] = {}
-    for spec in specs:
-        name, sep, path = spec.partition("=")
-        if not sep or not name.strip() or not path.strip():
-            raise ValueError(f"{field_name}: expected NAME=PATH, got {spec!r}")
-        if name.strip() in out:
-            raise ValueError(f"{field_name}: {name.strip()!r} is listed twice")
-        out[name.strip()] = path.strip()
-    return out
-
-
 @dataclass
-class ControlsStudyConfig:
-    """Sweep test-time controls over every student of a quickstart run (``tracewise study controls``)."""
+class ControlsStudyConfig(StudentsStudy):
+    """Sweep test-time controls over every student of a quickstart run (``tracewise study controls``).
+    ``sampling.max_tokens`` caps the uncontrolled, think_free and wait_extend samples."""
 
     out: str = doc("Directory for the eval run dirs, summary.json, the plot and controls_section.json.",
                    "runs/study-controls", hash=False)
-    run_dir: str = doc("Quickstart run dir whose finished students (sft-*, rl-*) are evaluated.", "runs/quickstart")
-    students: list[str] = doc("Only these students (experiment labels; default: all found).", factory=list)
-    models: list[str] = doc("Extra or replacement students as NAME=MODEL_PATH (used instead of run_dir when "
-                            "run_dir is empty).", factory=list)
     controls: list[str] = doc(f"Controls to sweep: any of {', '.join(STUDY_CONTROLS)}.",
                               factory=lambda: list(STUDY_CONTROLS))
     budgets: list[int] = doc("Budgets for budget_force (thinking tokens) and truncate (total tokens).",
@@ -89,13 +47,6 @@ class ControlsStudyConfig:
                             "students were trained to answer in \\boxed{}, so the default opens one.",
                             "So the answer is \\boxed{")
     include_trained: bool = doc("Also evaluate each student without a control (its trained point).", True)
-    problems: ProblemsConfig = doc("Held-out problems (default: the quickstart world's test split).",
-                                   factory=quickstart_test_problems)
-    sampling: SamplingParams = doc("Samples per problem, temperature, max tokens (uncontrolled, think_free and "
-                                   "wait_extend), seed.",
-                                   factory=lambda: SamplingParams(n=4, temperature=0.6, max_tokens=256, seed=0))
-    batch_size: int = doc("Generation batch size.", 256, hash=False)
-    threads: int = doc(THREADS_HELP, 0, hash=False)
 
     def validate(self) -> None:
         unknown = [c for c in self.controls if c not in STUDY_CONTROLS]
@@ -126,16 +77,7 @@ class ControlsStudyConfig:
                                    threads=self.threads)
 
     def student_models(self) -> dict[str, str]:
-        found = {k: str(v) for k, v in discover_students(self.run_dir).items()} if self.run_dir else {}
-        found.update(parse_models(self.models, "study.controls.models"))
-        if self.students:
-            missing = sorted(set(self.students) - set(found))
-            if missing:
-                raise ValueError(f"study.controls.students: {missing} not found; students: {sorted(found)}")
-            found = {k: found[k] for k in self.students}
-        if not found:
-            raise ValueError(f"study.controls: no finished students under {self.run_dir!r}")
-        return found
+        return super().student_models("study.controls")
 
 
 def run(cfg: ControlsStudyConfig) -> Path:

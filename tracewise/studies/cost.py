@@ -27,10 +27,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tracewise.config import doc
-from tracewise.latency import load_stats, money, run_load, timings_to_rows
-from tracewise.problem_sources import ProblemsConfig, load_problems
-from tracewise.studies.controls import discover_students, parse_models, quickstart_test_problems
+from tracewise.core.config import doc
+from tracewise.evaluate.latency import load_stats, money, run_load, timings_to_rows
+from tracewise.data.sources import ProblemsConfig, load_problems
+from tracewise.studies.common import discover_students, parse_models, quickstart_test_problems
 from tracewise.studies.cost_report import write_cost_section
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tracewise.latency import t_interval
+from tracewise.evaluate.latency import t_interval
 from tracewise.report import write_section_file
 
 

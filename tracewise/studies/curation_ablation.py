@@ -21,15 +21,16 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from tracewise import curate, verify_stage
+from tracewise import curate
+from tracewise.verify import stage as verify_stage
 from tracewise.backends.base import SamplingParams
-from tracewise.config import doc
-from tracewise.curation_strategies import STRATEGIES, SelectionConfig
-from tracewise.decontam import DecontamConfig
-from tracewise.problem_sources import ProblemsConfig
-from tracewise.report import write_section_file
-from tracewise.studies.curation_common import (StudyBase, StudyEval, StudyTrain, base_student, eval_students,
-                                               generate_world, plot_bars, train_students)
+from tracewise.core.config import doc
+from tracewise.curate.strategies import STRATEGIES, SelectionConfig
+from tracewise.curate.decontam import DecontamConfig
+from tracewise.data.sources import ProblemsConfig
+from tracewise.report.sections import write_section_file
+from tracewise.studies.common import (StudyBase, StudyEval, TrainSettings, base_student, eval_students,
+                                      generate_world, plot_bars, train_students)
 from tracewise.world.judge import JudgeConfig
 from tracewise.world.problems import WorldConfig
 from tracewise.world.teachers import TeacherConfig
@@ -59,7 +60,7 @@ class CurationStudyConfig(StudyBase):
     reference_world: WorldConfig = doc("World whose concise traces train the reference student (another seed: "
                                        "it never sees the pool).",
                                        factory=lambda: WorldConfig(seed=1000, n_train=600, n_test=0))
-    train: StudyTrain = doc("Training shared by every student.", factory=lambda: StudyTrain(max_steps=300))
+    train: TrainSettings = doc("Training shared by every student.", factory=TrainSettings)
     eval: StudyEval = doc("Evaluation shared by every student.", factory=StudyEval)
 
     def validate(self) -> None:

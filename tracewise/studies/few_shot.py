@@ -4,7 +4,7 @@ Each student is evaluated zero-shot and with ``k`` exemplars in each teacher's s
 (the control) and the other teacher's. Exemplars come from the quickstart's curated datasets
 (``<curate run>/datasets/<teacher>``: the same kept problems in every teacher's words, so styles
 differ and questions do not) or from user files (``exemplars: [STYLE=PATH]``, JSONL or a saved
-dataset; see ``tracewise.few_shot``). The section's table gives pass@1 and mean tokens with their
+dataset; see ``tracewise.evaluate.few_shot``). The section's table gives pass@1 and mean tokens with their
 change against zero-shot; its reading is computed from the numbers: the student with the fewest
 zero-shot tokens "stays concise" when the other style raises its mean tokens by at most
 ``concise_tolerance``.
@@ -17,14 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tracewise import evaluate
-from tracewise.backends.base import SamplingParams
-from tracewise.config import doc
-from tracewise.few_shot import FewShotConfig
-from tracewise.metrics import read_summary, write_summary
-from tracewise.problem_sources import ProblemsConfig
-from tracewise.report import write_section_file
-from tracewise.studies.controls import discover_students, parse_models, quickstart_test_problems
-from tracewise.threads import THREADS_HELP
+from tracewise.core.config import doc
+from tracewise.evaluate.few_shot import FewShotConfig
+from tracewise.evaluate.metrics import read_summary, write_summary
+from tracewise.report.sections import write_section_file
+from tracewise.studies.common import StudentsStudy, parse_models
 
 log = logging.getLogger(__name__)
 TITLE = "Few-shot style transfer"
@@ -50,24 +47,16 @@ def curated_styles(run_dir: str | Path) -> dict[str, str]:
 
 
 @dataclass
-class FewShotStudyConfig:
-    """k-shot exemplars in each teacher's style vs zero-shot, per student (``tracewise study few-shot``)."""
+class FewShotStudyConfig(StudentsStudy):
+    """k-shot exemplars in each teacher's style vs zero-shot, per student (``tracewise study few-shot``).
+    ``run_dir`` also provides the exemplars: the curated dataset of each teacher."""
 
     out: str = doc("Directory for the eval run dirs, summary.json and few_shot_section.json.",
                    "runs/study-few-shot", hash=False)
-    run_dir: str = doc("Quickstart run dir: its students and its curated datasets (the exemplars).", "runs/quickstart")
-    students: list[str] = doc("Only these students (default: all found).", factory=list)
-    models: list[str] = doc("Extra or replacement students as NAME=MODEL_PATH.", factory=list)
     exemplars: list[str] = doc("Exemplar sets as STYLE=PATH (.jsonl or saved dataset); default: the curated "
                                "dataset of each teacher in run_dir.", factory=list)
     k: int = doc("Exemplars shown before each problem.", 1)
     concise_tolerance: float = doc("The reading's 'stays concise': mean tokens grow by at most this fraction.", 0.25)
-    problems: ProblemsConfig = doc("Held-out problems (default: the quickstart world's test split).",
-                                   factory=quickstart_test_problems)
-    sampling: SamplingParams = doc("Samples per problem, temperature, max tokens, seed.",
-                                   factory=lambda: SamplingParams(n=4, temperature=0.6, max_tokens=256, seed=0))
-    batch_size: int = doc("Generation batch size.", 256, hash=False)
-    threads: int = doc(THREADS_HELP, 0, hash=False)
 
     def validate(self) -> None:
         if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
@@ -87,16 +76,7 @@ class FewShotStudyConfig:
         return styles
 
     def student_models(self) -> dict[str, str]:
-        found = {k: str(v) for k, v in discover_students(self.run_dir).items()} if self.run_dir else {}
-        found.update(parse_models(self.models, "study.few_shot.models"))
-        if self.students:
-            missing = sorted(set(self.students) - set(found))
-            if missing:
-                raise ValueError(f"study.few_shot.students: {missing} not found; students: {sorted(found)}")
-            found = {k: found[k] for k in self.students}
-        if not found:
-            raise ValueError(f"study.few_shot: no finished students under {self.run_dir!r}")
-        return found
+        return super().student_models("study.few_shot")
 
     def eval_config(self, student: str, model: str, few_shot: FewShotConfig) -> evaluate.EvalConfig:
         name = f"{student} +{few_shot.k}-shot {few_shot.style}" if few_shot.k else student

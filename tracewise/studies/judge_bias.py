@@ -20,13 +20,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tracewise import curate, verify_stage
-from tracewise.config import doc
-from tracewise.decontam import DecontamConfig
-from tracewise.problem_sources import ProblemsConfig
-from tracewise.report import write_section_file
-from tracewise.studies.curation_common import (StudyBase, StudyEval, StudyTrain, base_student, eval_students,
-                                               generate_world, pearson, plot_bars, train_students)
+from tracewise import curate
+from tracewise.verify import stage as verify_stage
+from tracewise.core.config import doc
+from tracewise.curate.decontam import DecontamConfig
+from tracewise.data.sources import ProblemsConfig
+from tracewise.report.sections import write_section_file
+from tracewise.studies.common import (StudyBase, StudyEval, TrainSettings, base_student, eval_students,
+                                      generate_world, pearson, plot_bars, train_students)
 from tracewise.world.judge import JudgeConfig
 from tracewise.world.teachers import TeacherConfig
 
@@ -56,7 +57,7 @@ class JudgeBiasConfig(StudyBase):
                                          factory=_sweep)
     decontam: DecontamConfig = doc("Decontamination/dedup before every filter (same for all variants).",
                                    factory=DecontamConfig)
-    train: StudyTrain = doc("Training shared by every student.", factory=StudyTrain)
+    train: TrainSettings = doc("Training shared by every student.", factory=TrainSettings)
     eval: StudyEval = doc("Evaluation shared by every student.", factory=lambda: StudyEval(max_tokens=200))
 
     def validate(self) -> None:

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tracewise.backends.base import SamplingParams
-from tracewise.config import build, doc
-from tracewise.problem_sources import ProblemsConfig
-from tracewise.threads import THREADS_HELP
+from tracewise.core.config import build, doc
+from tracewise.data.sources import ProblemsConfig
+from tracewise.core.threads import THREADS_HELP
 from tracewise.world.problems import WorldConfig
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ TITLE = "RL length penalty"
 
 
 def _quickstart_world() -> WorldConfig:
-    return WorldConfig(n_train=4000, n_test=100)  # tracewise.quickstart's world
+    return WorldConfig(n_train=4000, n_test=100)  # tracewise.studies.quickstart's world
 
 
 def _rl_defaults() -> dict:
@@ -116,7 +116,7 @@ def _group_mix(samples_path: Path) -> dict:
     """Share of problems with all samples correct / at least two correct. Only groups with >= 2 correct
     samples carry a length signal; in mixed groups it is added to the much larger correct-vs-wrong gap,
     and only in all-correct groups (zero correctness variance) is it the whole advantage."""
-    from tracewise.records import Sample, read_records
+    from tracewise.core.records import Sample, read_records
 
     per: dict[str, list[bool]] = {}
     for s in read_records(samples_path, Sample):
@@ -199,7 +199,7 @@ def _fmt(v, spec: str) -> str:
 
 def write_section(cfg: RLAlphaConfig, rows: list[dict], path: Path) -> Path:
     """Table + plot + reading as a report section file (``tracewise report section_files=[...]``)."""
-    from tracewise.report import write_section_file
+    from tracewise.report.sections import write_section_file
 
     ref = next(r for r in rows if r["alpha"] == 0.0)
     lines = [f"Arora–Zanette reward r = 1[correct]·(1 − α·σ(z(length))) with `train rl` "

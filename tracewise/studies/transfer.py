@@ -24,13 +24,15 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from tracewise import evaluate, generate, verify_stage
+from tracewise import evaluate, generate
+from tracewise.verify import stage as verify_stage
 from tracewise.backends.base import SamplingParams
-from tracewise.config import doc
-from tracewise.metrics import read_summary
-from tracewise.problem_sources import ProblemsConfig, load_problems
-from tracewise.records import Problem, Sample, Trace, Verdict, read_records
-from tracewise.threads import THREADS_HELP, use_threads
+from tracewise.core.config import doc
+from tracewise.evaluate.metrics import read_summary
+from tracewise.data.sources import ProblemsConfig, load_problems
+from tracewise.core.records import Problem, Sample, Trace, Verdict, read_records
+from tracewise.studies.common import TrainSettings
+from tracewise.core.threads import THREADS_HELP, use_threads
 from tracewise.world.domains import get_domain
 from tracewise.world.problems import WorldConfig, generate_problems
 from tracewise.world.teachers import TeacherConfig
@@ -114,14 +116,11 @@ def _teachers() -> list[TeacherConfig]:
 
 
 @dataclass
-class SmallTrain:
+class SmallTrain(TrainSettings):
     """Math-only students trained here when no ``from_run`` is given (same steps and batch for both)."""
 
     n_problems: int = doc("Math training problems the teachers answer (before curation).", 1500)
     pretrain_steps: int = doc("Base-student pretraining steps (init-student).", 300)
-    max_steps: int = doc("SFT steps per student.", 400)
-    batch_size: int = doc("SFT batch size.", 16)
-    learning_rate: float = doc("SFT peak learning rate.", 3e-3)
 
 
 @dataclass
@@ -142,7 +141,7 @@ class TransferConfig:
     min_ratio: float = doc("The token ratio r1/gpt-oss 'holds' when at least this (the quickstart's 3.5×).", 3.5)
     parity_points: float = doc("Accuracy parity 'holds' when the two styles differ by at most this many points.", 3.0)
     relative_gain: bool = doc("ΔR as relative gain (R − R_base)/R_base instead of the absolute gain.", False)
-    train: SmallTrain = doc("Students trained here when from_run is empty.", factory=SmallTrain)
+    train: SmallTrain = doc("Students trained here when from_run is empty.", factory=lambda: SmallTrain(max_steps=400))
     eval_samples: int = doc("Samples per test problem.", 8)
     eval_temperature: float = doc("Sampling temperature at evaluation.", 0.6)
     eval_max_tokens: int = doc("Max new tokens per sample (the quickstart eval uses 400).", 400)
@@ -226,10 +225,8 @@ def train_students(cfg: TransferConfig) -> tuple[str, dict[str, str]]:
     cur = curate.run(curate.CurateConfig(out=cfg.out, generations=gens, verdicts=str(ver), filter="both", mix=False))
     models = {}
     for name in cfg.students:
-        run_dir = sft.run(sft.SFTRunConfig(out=cfg.out, experiment=name, model=base,
-                                           dataset=str(curate.dataset_path(cur, name)), max_steps=t.max_steps,
-                                           batch_size=t.batch_size, learning_rate=t.learning_rate, seed=cfg.seed,
-                                           threads=cfg.threads))
+        run_dir = sft.run(t.sft_config(cfg.out, name, base, str(curate.dataset_path(cur, name)), cfg.seed,
+                                       threads=cfg.threads))
         models[name] = str(sft.model_dir(run_dir))
     return base, models
 

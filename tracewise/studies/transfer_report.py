@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tracewise.report import write_section_file
+from tracewise.report.sections import write_section_file
 
 VERBOSE, CONCISE = "r1", "gpt-oss"
 

@@ -50,7 +50,7 @@ def _is_correct(text: str, gold: str) -> bool:
     key = hashlib.blake2b(f"{len(gold)}:{gold}{text}".encode(), digest_size=16).digest()
     verdict = _verdict_cache.get(key)
     if verdict is None:
-        from tracewise.verify import verify  # lazy: math-verify and sympy are slow to import
+        from tracewise.verify.answer import verify  # lazy: math-verify and sympy are slow to import
 
         verdict = bool(verify(text, gold).correct)
         _verdict_cache[key] = verdict
@@ -357,7 +357,7 @@ def validate_dataset_golds(dataset: Any, answer_field: str = "answer") -> None:
 
     ``dataset`` is a ``datasets.Dataset`` (one split) or an iterable of dict rows.
     """
-    from tracewise.verify import parse_gold_ok  # lazy: math-verify and sympy are slow to import
+    from tracewise.verify.answer import parse_gold_ok  # lazy: math-verify and sympy are slow to import
 
     columns = getattr(dataset, "column_names", None)
     if isinstance(columns, dict):

@@ -31,13 +31,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tracewise.config import doc
-from tracewise.fingerprint import model_input
-from tracewise.problem_sources import ProblemsConfig, load_problems
-from tracewise.store import is_done, mark_done, save_config, stage_dir
-from tracewise.threads import THREADS_HELP, use_threads
-
-from tracewise.progress import trainer_progress_callback
+from tracewise.core.config import doc
+from tracewise.core.fingerprint import model_input
+from tracewise.core.store import is_done, last_complete_checkpoint, mark_done, save_config, stage_dir
+from tracewise.core.threads import THREADS_HELP, use_threads
+from tracewise.data.sources import ProblemsConfig, load_problems
+from tracewise.train.common import prepare_trainer, series
 from tracewise.train.hf_trainer import check_report_to, checkpoint_step, restore_final_checkpoint
 
 log = logging.getLogger(__name__)
@@ -299,12 +298,6 @@ def trainer_args(cfg: RLRunConfig, output_dir: str, weights: list[float]):
     return RLOOConfig(**kwargs)
 
 
-def _last_checkpoint(ckpt_root: Path) -> str | None:
-    from tracewise.store import last_complete_checkpoint
-
-    return last_complete_checkpoint(ckpt_root)  # skips (and deletes) a checkpoint torn by a kill mid-save
-
-
 def _done_steps(run_dir: Path) -> int:
     try:
         return int(json.loads((run_dir / "DONE").read_text()).get("steps", 0))
@@ -320,7 +313,7 @@ def _refuse_shorter(run_dir: Path, max_steps: int) -> None:
     policy (or, from a later checkpoint, training zero steps) as if it were the shorter one.
     """
     trained = max(_done_steps(run_dir) if is_done(run_dir) else 0,
-                  checkpoint_step(_last_checkpoint(run_dir / "checkpoints")) if run_dir.is_dir() else 0)
+                  checkpoint_step(last_complete_checkpoint(run_dir / "checkpoints")) if run_dir.is_dir() else 0)
     if trained > max_steps:
         raise ValueError(
             f"train rl: {run_dir} already holds {trained} training steps, more than max_steps={max_steps}; it cannot "
@@ -333,10 +326,6 @@ def _default_experiment(model_path: str) -> str:
     if Path(model_path).is_dir() and sft_label.is_file():
         return f"{sft_label.read_text().strip()}-rl"
     return f"{Path(model_path).name or 'model'}-rl"
-
-
-def _series(history: list[dict], key: str) -> list[float]:
-    return [float(h[key]) for h in history if isinstance(h.get(key), (int, float))]
 
 
 def run(cfg: RLRunConfig, callbacks: list | None = None) -> Path:
@@ -357,7 +346,7 @@ def run(cfg: RLRunConfig, callbacks: list | None = None) -> Path:
         if done == cfg.max_steps:
             log.info("train rl: %s is complete (%d steps), nothing to do", run_dir, done)
             return run_dir
-        if not _last_checkpoint(run_dir / "checkpoints"):
+        if not last_complete_checkpoint(run_dir / "checkpoints"):
             raise ValueError(f"train rl: cannot extend {run_dir} to {cfg.max_steps} steps: its checkpoints are gone "
                              "(delete the run dir to train from scratch)")
         log.info("train rl: extending %s from %d to %d steps", run_dir, done, cfg.max_steps)
@@ -382,22 +371,15 @@ def run(cfg: RLRunConfig, callbacks: list | None = None) -> Path:
     trainer_cls = GRPOTrainer if cfg.algorithm == "grpo" else RLOOTrainer
     trainer = trainer_cls(model=model, reward_funcs=reward_funcs, args=args, train_dataset=dataset,
                           processing_class=tokenizer)
-    from transformers.trainer_callback import PrinterCallback
-
-    trainer.remove_callback(PrinterCallback)  # it prints raw dicts; metrics go to logging + log_history.json
-    trainer.add_callback(_progress_callback(cfg.max_steps, cfg.experiment or "rl"))
-    for cb in callbacks or []:
-        trainer.add_callback(cb)
-    resume = _last_checkpoint(ckpt_root)
-    if resume:
-        log.info("train rl: resuming from %s", resume)
+    resume = prepare_trainer(trainer, "rl", cfg.experiment or "rl", cfg.max_steps, _describe_reward, ckpt_root,
+                             callbacks)
     if not restore_final_checkpoint(trainer, resume, cfg.max_steps):
         trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(str(model_dir(run_dir)))
     tokenizer.save_pretrained(str(model_dir(run_dir)))
     history = trainer.state.log_history
     (run_dir / "log_history.json").write_text(json.dumps(history, indent=1))
-    rewards, lengths = _series(history, "reward"), _series(history, "completions/mean_length")
+    rewards, lengths = series(history, "reward"), series(history, "completions/mean_length")
     mark_done(run_dir, {
         "experiment": cfg.experiment, "algorithm": cfg.algorithm, "steps": trainer.state.global_step,
         "first_reward": rewards[0] if rewards else None, "last_reward": rewards[-1] if rewards else None,
@@ -410,12 +392,9 @@ def run(cfg: RLRunConfig, callbacks: list | None = None) -> Path:
     return run_dir
 
 
-def _progress_callback(total: int, label: str):
-    """A rich progress bar over optimizer steps, with the latest reward and completion length."""
-    def describe(logs: dict) -> str | None:
-        if not isinstance(logs.get("reward"), (int, float)):
-            return None
-        return (f"reward {float(logs['reward']):.4f} "
-                f"mean length {float(logs.get('completions/mean_length') or float('nan')):.1f}")
-
-    return trainer_progress_callback(f"train rl [{label}]", total, describe)
+def _describe_reward(logs: dict) -> str | None:
+    """The progress line's metrics: the latest reward and completion length."""
+    if not isinstance(logs.get("reward"), (int, float)):
+        return None
+    return (f"reward {float(logs['reward']):.4f} "
+            f"mean length {float(logs.get('completions/mean_length') or float('nan')):.1f}")

@@ -26,13 +26,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from tracewise.config import doc
-from tracewise.fingerprint import model_input
-from tracewise.threads import THREADS_HELP, use_threads
-from tracewise.progress import trainer_progress_callback
-from tracewise.store import is_done, mark_done, save_config, stage_dir
-from tracewise.train.hf_trainer import (BATCH_ORDERS, check_report_to, restore_final_checkpoint,
-                                        trainer_class)
+from tracewise.core.config import doc
+from tracewise.core.fingerprint import model_input
+from tracewise.core.store import is_done, mark_done, save_config, stage_dir
+from tracewise.core.threads import THREADS_HELP, use_threads
+from tracewise.train.common import prepare_trainer, series
+from tracewise.train.hf_trainer import BATCH_ORDERS, check_report_to, restore_final_checkpoint, trainer_class
 
 log = logging.getLogger(__name__)
 
@@ -150,12 +149,6 @@ def _load_dataset(path: str):
     keep = [c for c in ds.column_names if c not in ("prompt", "completion")]
     ds = ds.remove_columns(keep)
     return ds
-
-
-def _last_checkpoint(ckpt_root: Path) -> str | None:
-    from tracewise.store import last_complete_checkpoint
-
-    return last_complete_checkpoint(ckpt_root)  # skips (and deletes) a checkpoint torn by a kill mid-save
 
 
 def adapter_dir(run_dir: str | Path) -> Path:
@@ -285,7 +278,6 @@ def build_trainer(cfg: SFTRunConfig, output_dir: str | Path, grad_accum: int | N
     """
     import torch
     from transformers import AutoTokenizer
-    from transformers.trainer_callback import PrinterCallback
 
     cuda = torch.cuda.is_available()
     dataset = _load_dataset(cfg.dataset)
@@ -301,10 +293,8 @@ def build_trainer(cfg: SFTRunConfig, output_dir: str | Path, grad_accum: int | N
     # After the SFTConfig: under DeepSpeed ZeRO-3 it registers the config that makes from_pretrained
     # load each weight straight into its shard instead of whole on every rank.
     model = _load_model(cfg, _load_dtype(cfg, bf16))
-    trainer = trainer_class(cfg.fast_loss, cfg.batch_order)(
+    return trainer_class(cfg.fast_loss, cfg.batch_order)(
         model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=_peft_config(cfg))
-    trainer.remove_callback(PrinterCallback)  # it prints raw dicts; losses go to logging + log_history.json
-    return trainer
 
 
 def run(cfg: SFTRunConfig) -> Path:
@@ -326,10 +316,8 @@ def run(cfg: SFTRunConfig) -> Path:
     if main:  # every rank runs this stage; one writes the run dir's files
         save_config(run_dir, cfg)
         (run_dir / "experiment.txt").write_text(cfg.experiment or Path(cfg.dataset).name)
-        trainer.add_callback(_progress_callback(cfg.max_steps, cfg.experiment or "sft"))
-    resume = _last_checkpoint(ckpt_root)
-    if resume:
-        log.info("train sft: resuming from %s", resume)
+    resume = prepare_trainer(trainer, "sft", cfg.experiment or "sft", cfg.max_steps, _describe_loss if main else None,
+                             ckpt_root)
     log.info("train sft [%s]: rank %d of %d: batch %d × grad_accum %d × %d process(es) = global batch %d, "
              "batch order %s%s", cfg.experiment, trainer.args.process_index, n_procs, cfg.batch_size, grad_accum,
              n_procs, n_procs * cfg.batch_size * grad_accum, cfg.batch_order,
@@ -340,7 +328,7 @@ def run(cfg: SFTRunConfig) -> Path:
     if main:
         history = trainer.state.log_history
         (run_dir / "log_history.json").write_text(json.dumps(history, indent=1))
-        losses = [h["loss"] for h in history if "loss" in h]
+        losses = series(history, "loss")
         mark_done(run_dir, {"experiment": cfg.experiment, "steps": trainer.state.global_step,
                             "processes": n_procs, "global_batch": n_procs * cfg.batch_size * grad_accum,
                             "lora_r": cfg.lora.r, "qlora": cfg.qlora, "batch_order": cfg.batch_order,
@@ -382,7 +370,6 @@ def _save(cfg: SFTRunConfig, trainer, tokenizer, run_dir: Path, main: bool) -> N
     log.info("train sft: final model saved to %s", model_dir(run_dir))
 
 
-def _progress_callback(total: int, label: str):
-    """A rich progress bar over optimizer steps, with the latest loss."""
-    return trainer_progress_callback(
-        f"train sft [{label}]", total, lambda logs: f"loss {float(logs['loss']):.4f}" if "loss" in logs else None)
+def _describe_loss(logs: dict) -> str | None:
+    """The progress line's metric: the latest loss."""
+    return f"loss {float(logs['loss']):.4f}" if "loss" in logs else None

@@ -159,7 +159,7 @@ def export_parquet(problems: Any, path: str | Path, data_source: str = "tracewis
     extra_info.index); every gold is validated first, so no row is silently scored 0."""
     from datasets import Dataset
 
-    from tracewise.problem_sources import ProblemsConfig, load_problems
+    from tracewise.data.sources import ProblemsConfig, load_problems
 
     rows = load_problems(problems if isinstance(problems, ProblemsConfig) else ProblemsConfig(**problems))
     validate_dataset_golds([{"answer": p.answer} for p in rows])
@@ -179,7 +179,7 @@ def export_parquet(problems: Any, path: str | Path, data_source: str = "tracewis
 if __name__ == "__main__":  # python -m tracewise.train.verl_reward OUT_DIR: world train/test parquets
     import sys
 
-    from tracewise.problem_sources import ProblemsConfig
+    from tracewise.data.sources import ProblemsConfig
 
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "data/verl")
     for split in ("train", "test"):

@@ -17,11 +17,11 @@ import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from tracewise.config import doc
-from tracewise.store import is_done, mark_done, save_config, stage_dir
-from tracewise.threads import THREADS_HELP, use_threads
-from tracewise.tokens import student_completion
-from tracewise.traces import parse_completion
+from tracewise.core.config import doc
+from tracewise.core.store import is_done, mark_done, save_config, stage_dir
+from tracewise.core.threads import THREADS_HELP, use_threads
+from tracewise.core.tokens import student_completion
+from tracewise.core.text import parse_completion
 from tracewise.world.problems import WorldConfig, generate_problems
 from tracewise.world.student import StudentConfig, init_student, pretrain
 from tracewise.world.teachers import STYLES, TeacherConfig, write_trace

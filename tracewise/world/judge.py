@@ -11,8 +11,8 @@ import random
 import re
 from dataclasses import dataclass
 
-from tracewise.backends.base import sample_seed
-from tracewise.config import doc
+from tracewise.core.config import doc
+from tracewise.core.seeding import sample_seed
 
 _NUM = re.compile(r"-?\d+(?:\.\d+)?")
 

@@ -12,10 +12,11 @@ import hashlib
 import random
 from dataclasses import dataclass
 
-from tracewise.config import doc
-from tracewise.records import Problem
+from tracewise.core.config import doc
+from tracewise.core.records import Problem
+from tracewise.world.domains import get_domain
+from tracewise.world.domains.base import MARKERS, NAMES
 
-NAMES = ["Ann", "Ben", "Cara", "Dan", "Eva", "Finn", "Gina", "Hugo", "Ivy", "Jack", "Kim", "Leo"]
 ITEMS = ["apples", "pens", "coins", "cards", "books", "shells", "stamps", "marbles", "eggs", "cups"]
 
 # Phrasings per operation as (verb, clause); {b} = operand, {i} = item. Several per op so a student
@@ -28,7 +29,6 @@ PHRASES = {
     "-": [("gives away", "gives away {b}"), ("loses", "loses {b}"), ("sells", "sells {b}")],
     "*": [("multiplies", "multiplies the {i} by {b}")],
 }
-MARKERS = "abcdefgh"
 SYMBOL_WORD = {"+": "plus", "-": "minus", "*": "times"}
 
 
@@ -57,8 +57,6 @@ class WorldConfig:
             raise ValueError("world.max_value must be >= 9")
         if not self.ops or set(self.ops) - {"+", "-", "*"}:
             raise ValueError(f"world.ops: expected a non-empty subset of ['+', '-', '*'], got {self.ops}")
-        from tracewise.world.domains import get_domain
-
         get_domain(self.domain)  # ValueError naming the valid domains
 
 
@@ -125,8 +123,6 @@ def generate_problems(cfg: WorldConfig, split: str) -> list[Problem]:
 
 
 def _draw(cfg: WorldConfig, split: str, n: int, exclude: set[str]) -> list[Problem]:
-    from tracewise.world.domains import get_domain
-
     domain = get_domain(cfg.domain)  # unknown domain: ValueError before any work
     out: list[Problem] = []
     seen = set(exclude)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from tracewise.config import doc
+from tracewise.core.config import doc
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ def pretrain(path: str | Path, docs: list[str], steps: int, *, batch_size: int =
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tracewise.progress import progress_bar
+    from tracewise.core.logs import progress_bar
 
     torch.manual_seed(seed)
     rng = random.Random(seed)

@@ -18,10 +18,11 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from tracewise.backends.base import sample_seed
-from tracewise.config import doc
-from tracewise.records import Problem
-from tracewise.world.problems import MARKERS
+from tracewise.core.config import doc
+from tracewise.core.records import Problem
+from tracewise.core.seeding import sample_seed
+from tracewise.world.domains import DOMAINS
+from tracewise.world.domains.base import MARKERS
 
 STYLES = ("r1", "gpt-oss")
 
@@ -125,8 +126,6 @@ def _other_domain(problem: Problem):
     """The non-arithmetic world domain that wrote ``problem``, or None (arith keeps its own code path)."""
     if problem.source != "world" or problem.domain == "arith":
         return None
-    from tracewise.world.domains import DOMAINS
-
     return DOMAINS.get(problem.domain)
 
 

@@ -14,40 +14,12 @@ step), the verbose one only adds words around it.
 
 from __future__ import annotations
 
-import random
-from dataclasses import dataclass
-from typing import Callable
-
-from tracewise.records import Problem
+from tracewise.world.domains import listops, ordering
+from tracewise.world.domains.base import Domain
 
 
-@dataclass(frozen=True)
-class Domain:
-    """One embedded-world domain.
-
-    ``make_problem(rng, pid, level, split)`` draws a problem; ``solve(problem, rng, error_rate)``
-    is the teacher's execution ``(steps, erred)`` where each step is ``(label, before, after)``
-    and an error at one step propagates; ``answer(problem, steps)`` is the final answer the
-    teacher states; ``r1_thinking`` / ``gptoss_thinking`` render the thinking span.
-    """
-
-    name: str
-    description: str
-    make_problem: Callable[[random.Random, str, int, str], Problem]
-    solve: Callable[[Problem, random.Random, float], tuple[list[tuple], bool]]
-    answer: Callable[[Problem, list[tuple]], str]
-    r1_thinking: Callable[..., str]
-    gptoss_thinking: Callable[[Problem, list[tuple]], str]
-
-
-def _registry() -> dict[str, Domain | None]:
-    from tracewise.world.domains import listops, ordering
-
-    # None: handled natively by world/problems.py and world/teachers.py (unchanged code path).
-    return {"arith": None, "ordering": ordering.DOMAIN, "listops": listops.DOMAIN}
-
-
-DOMAINS: dict[str, Domain | None] = _registry()
+# None: handled natively by world/problems.py and world/teachers.py (unchanged code path).
+DOMAINS: dict[str, Domain | None] = {"arith": None, "ordering": ordering.DOMAIN, "listops": listops.DOMAIN}
 DOMAIN_NAMES: tuple[str, ...] = tuple(DOMAINS)
 
 
@@ -56,3 +28,6 @@ def get_domain(name: str, where: str = "world.domain") -> Domain | None:
     if name not in DOMAINS:
         raise ValueError(f"{where}: unknown domain {name!r}; valid: {list(DOMAIN_NAMES)}")
     return DOMAINS[name]
+
+
+__all__ = ["DOMAINS", "DOMAIN_NAMES", "Domain", "get_domain"]

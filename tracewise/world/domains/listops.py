@@ -4,17 +4,16 @@
 (c) remove the first item. What is the list now?" Each operation (reverse, sort, rotate, remove the
 first item, swap the ends) is a small symbolic update; difficulty is the number chained (L+1 at
 level L) and the start list grows from 4 to 5 digits. Answers are a list of at least 3 digits
-written ``[1, 3, 4]`` (compared as a normalised string, see ``tracewise.verify``), or a number.
+written ``[1, 3, 4]`` (compared as a normalised string, see ``tracewise.verify.answer``), or a number.
 """
 
 from __future__ import annotations
 
 import random
 
-from tracewise.records import Problem
-from tracewise.world.domains import Domain
+from tracewise.core.records import Problem
+from tracewise.world.domains.base import MARKERS, Domain
 from tracewise.world.domains.common import execute, r1_narration
-from tracewise.world.problems import MARKERS
 
 START_SIZE = {1: 4, 2: 4, 3: 5, 4: 5}
 MIN_SIZE = 3  # list answers keep >= 3 items: a 2-item "[1, 3]" is an interval to math-verify

@@ -4,17 +4,16 @@
 places, (b) Ben moves to the front. Who is at position 2?" Each move (swap two people, one person
 to the front, one to the back) is a small state update a tiny student can learn; difficulty is the
 number of moves chained (L+1 at level L) and the line grows from 3 to 5 people. Answers are a
-name (compared as a normalised string, see ``tracewise.verify``) or a 1-based position.
+name (compared as a normalised string, see ``tracewise.verify.answer``) or a 1-based position.
 """
 
 from __future__ import annotations
 
 import random
 
-from tracewise.records import Problem
-from tracewise.world.domains import Domain
+from tracewise.core.records import Problem
+from tracewise.world.domains.base import MARKERS, NAMES, Domain
 from tracewise.world.domains.common import execute, r1_narration
-from tracewise.world.problems import MARKERS, NAMES
 
 LINE_SIZE = {1: 3, 2: 4, 3: 4, 4: 5}
 

@@ -1,0 +1,87 @@
+"""Study ``rl-alpha``: the reading is computed from numbers, bad configs fail early, a tiny sweep end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tracewise.core.config import load_config
+from tracewise.studies import rl_alpha
+from tracewise.studies.rl_alpha import RLAlphaConfig, reading
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _row(alpha, tokens, p1):
+    return {"alpha": alpha, "mean_tokens": tokens, "pass@1": p1}
+
+
+def test_reading_holds_only_with_enough_savings_and_accuracy():
+    rows = [_row(None, 210, 0.40), _row(0.0, 200, 0.40), _row(0.1, 150, 0.395), _row(0.2, 130, 0.385),
+            _row(0.4, 100, 0.30)]
+    # 0.2: 35% fewer tokens, -1.5 points -> holds; 0.4 cuts 50% but loses 10 points.
+    line = reading(rows)
+    assert line.startswith("**Holds:** α = 0.2 uses 35% fewer tokens") and "-1.5 points" in line
+    rows[3]["pass@1"] = 0.37  # now -3 points: nothing qualifies; the largest cut is reported
+    line = reading(rows)
+    assert line.startswith("**Does not hold:**") and "largest cut is 50% at α = 0.4 (pass@1 -10.0 points)" in line
+    assert reading(rows, token_cut=0.2, max_drop=3.0).startswith("**Holds:** α = 0.2")
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (["alphas=[0.1,0.2]"], "must include 0"),
+    (["rl={model: x}"], "rl.model is set by the study"),
+    (["rl={rewards: [{name: correctness}]}"], "exactly one arora_zanette"),
+    (["rl={rewards: [{name: arora_zanette}], num_generations: 1, per_device_train_batch_size: 8}"], "num_generations"),
+    (["rl={rewards: [{name: arora_zanette}, {name: kimi}], learning_rate: -1}"], "learning_rate"),
+    (["target_token_cut=1.5"], "target_token_cut"),
+])
+def test_bad_study_config_fails_before_training(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        load_config(RLAlphaConfig, None, overrides)
+
+
+def test_missing_student_is_a_clear_error(tmp_path):
+    cfg = RLAlphaConfig(quickstart=str(tmp_path))
+    with pytest.raises(ValueError, match="expected one finished SFT run labelled 'r1'"):
+        rl_alpha.run(cfg)
+
+
+def test_shipped_sweep_config_loads():
+    cfg = load_config(RLAlphaConfig, ROOT / "configs/rl/alpha_sweep.yaml")
+    assert sorted(cfg.alphas) == [0.0, 0.05, 0.1, 0.2, 0.4] and cfg.student == "r1"
+    rl_cfg = cfg.rl_config(0.2, "gpt2")
+    assert rl_cfg.rewards == [{"name": "arora_zanette", "alpha": 0.2}] and rl_cfg.experiment == "r1-rl-a0.2"
+    assert (rl_cfg.num_generations, rl_cfg.beta, rl_cfg.temperature) == (8, 1e-3, 0.6)
+    assert rl_cfg.problems.world.n_train == 4000 and cfg.eval_problems.split == "test"
+
+
+def test_tiny_sweep_writes_the_section_and_reruns_as_a_no_op(tmp_path, student_path):
+    # The plumbing only (the tiny untrained student mostly scores 0; test_rl covers learning).
+    overrides = [f"model={student_path}", f"out={tmp_path}", "alphas=[0,0.4]", "threads=1",
+                 "rl={problems: {world: {n_train: 8, n_test: 0}}, rewards: [{name: arora_zanette}], "
+                 "num_generations: 8, per_device_train_batch_size: 16, max_steps: 1, max_completion_length: 24, "
+                 "learning_rate: 1.0e-3, save_steps: 1}",
+                 "eval_problems.world.n_train=8", "eval_problems.world.n_test=4", "eval_sampling.n=2",
+                 "eval_sampling.max_tokens=24"]
+    cfg = load_config(RLAlphaConfig, None, overrides)
+    section = rl_alpha.run(cfg)
+    assert section == tmp_path / "sections" / "rl_length_penalty.json"
+    data = json.loads(section.read_text())
+    assert data["title"] == "RL length penalty" and (section.parent / data["images"][0]).stat().st_size > 0
+    rows = json.loads((section.parent / "rl_length_penalty_rows.json").read_text())
+    assert [r["alpha"] for r in rows] == [None, 0.0, 0.4] and all(r["steps"] == 1 for r in rows[1:])
+    md = data["markdown"]
+    for r in rows:
+        assert f"| {r['label']} | {r['mean_tokens']:.1f} |" in md
+    assert reading(rows) in md  # the reading line is the one computed from these rows
+    start = rows[0]
+    assert 0 <= start["all_correct_frac"] <= start["two_plus_correct_frac"] <= 1
+    assert f"solves {start['all_correct_frac']:.0%} of held-out problems in all 2 samples" in md
+    runs = sorted(p.name for p in tmp_path.glob("*-*"))
+    assert sum(n.startswith("rl-") for n in runs) == 2 and sum(n.startswith("eval-") for n in runs) == 3
+    stamps = {p: (p / "DONE").stat().st_mtime for p in tmp_path.glob("*-*")}
+    assert rl_alpha.run(cfg) == section  # rerun: every stage is a no-op
+    assert {p: (p / "DONE").stat().st_mtime for p in tmp_path.glob("*-*")} == stamps

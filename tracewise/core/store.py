@@ -1,0 +1,163 @@
+"""Content-addressed, append-only stage artifacts.
+
+A stage's output directory is ``<out>/<stage>-<hash>`` where the hash covers the stage name, the
+fields of its config that change the result, and the bytes of its inputs. So:
+
+* rerunning a finished stage finds ``DONE`` and is a no-op;
+* an interrupted stage finds its ``*.partial.jsonl`` log, drops a torn last line, and skips the
+  keys already written (each record is seeded by its own key, so it comes out the same);
+* the final file is written sorted by key, so a resumed run is byte-identical to an
+  uninterrupted one even when records finished out of order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from tracewise.core.fingerprint import input_digest, path_digest  # noqa: F401  (path_digest: re-exported)
+from tracewise.core.records import from_dict, iter_jsonl, kill_point, to_json_line, write_records
+
+log = logging.getLogger(__name__)
+
+
+def config_fingerprint(cfg: Any) -> dict:
+    """The parts of a config dataclass that affect results (fields with ``metadata['hash']=False`` drop out)."""
+    if dataclasses.is_dataclass(cfg):
+        out = {}
+        for f in dataclasses.fields(cfg):
+            if f.metadata.get("hash", True):
+                out[f.name] = config_fingerprint(getattr(cfg, f.name))
+        return out
+    if isinstance(cfg, (list, tuple)):
+        return [config_fingerprint(x) for x in cfg]
+    if isinstance(cfg, dict):
+        return {str(k): config_fingerprint(v) for k, v in sorted(cfg.items())}
+    if isinstance(cfg, Path):
+        return str(cfg)
+    return cfg
+
+
+def stage_dir(out: str | os.PathLike, stage: str, cfg: Any, inputs: Iterable[Any] = ()) -> Path:
+    """Directory for this stage run: ``<out>/<stage>-<12 hex of the content hash>``. ``inputs``: paths
+    (keyed by their bytes) and ``fingerprint.HubModel`` ids (keyed by id + commit); see ``model_input``."""
+    from tracewise import ARTIFACT_VERSION
+
+    payload = {
+        "artifact_version": ARTIFACT_VERSION,
+        "stage": stage,
+        "config": config_fingerprint(cfg),
+        "inputs": [input_digest(p) for p in inputs],
+    }
+    key = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return Path(out) / f"{stage}-{key}"
+
+
+def is_done(run_dir: Path) -> bool:
+    return (Path(run_dir) / "DONE").exists()
+
+
+def mark_done(run_dir: Path, manifest: dict | None = None) -> None:
+    """Write the DONE marker last, atomically: its presence means every artifact is complete."""
+    run_dir = Path(run_dir)
+    tmp = run_dir / "DONE.tmp"
+    tmp.write_text(json.dumps(manifest or {}, sort_keys=True, indent=1) + "\n")
+    os.replace(tmp, run_dir / "DONE")
+
+
+def save_config(run_dir: Path, cfg: Any) -> None:
+    """Record the config a stage ran with. Keys come from env vars named in the config, never the
+    config itself; still, registered secrets, URL credentials and secret-named keys are masked."""
+    from tracewise.core.redact import safe_config_yaml
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(safe_config_yaml(cfg))
+
+
+def last_complete_checkpoint(ckpt_root: str | os.PathLike) -> str | None:
+    """The newest ``checkpoint-N`` under ``ckpt_root`` that was saved completely, or None.
+
+    HF Trainer writes a checkpoint's files in place and ``trainer_state.json`` last, so a process
+    killed mid-save leaves a directory that ``get_last_checkpoint`` would pick and resuming from it
+    would fail (missing optimizer state) forever. A checkpoint counts only when its
+    ``trainer_state.json`` parses; newer incomplete ones are deleted so the Trainer's rotation and
+    the next save do not trip over them.
+    """
+    import re
+    import shutil
+
+    root = Path(ckpt_root)
+    if not root.is_dir():
+        return None
+    found = []
+    for d in root.iterdir():
+        m = re.fullmatch(r"checkpoint-(\d+)", d.name)
+        if m and d.is_dir():
+            found.append((int(m.group(1)), d))
+    for _step, d in sorted(found, reverse=True):
+        try:
+            json.loads((d / "trainer_state.json").read_text())
+            return str(d)
+        except (OSError, ValueError):
+            log.warning("%s: incomplete checkpoint (interrupted while saving); deleting it", d)
+            shutil.rmtree(d, ignore_errors=True)
+    return None
+
+
+class AppendLog:
+    """Append-only JSONL log of records with resume.
+
+    Lines are written whole and fsynced per batch; on open, a torn last line (a crash mid-write)
+    is cut off, so what remains is exactly the set of finished records.
+    """
+
+    def __init__(self, path: str | os.PathLike, cls: type, key: Callable[[Any], str]):
+        self.path = Path(path)
+        self.cls = cls
+        self.key = key
+        self.records: dict[str, Any] = {}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():
+            self._recover()
+
+    def _recover(self) -> None:
+        data = self.path.read_bytes()
+        end = data.rfind(b"\n") + 1
+        if end < len(data):
+            log.warning("%s: dropping a torn last line (%d bytes) left by an interrupted run", self.path, len(data) - end)
+            with open(self.path, "r+b") as fh:
+                fh.truncate(end)
+        for lineno, obj in iter_jsonl(self.path):
+            rec = from_dict(self.cls, obj, f"{self.path}:{lineno}")
+            self.records[self.key(rec)] = rec
+
+    def done(self, key: str) -> bool:
+        return key in self.records
+
+    def append(self, records: Iterable[Any]) -> None:
+        lines = []
+        for rec in records:
+            k = self.key(rec)
+            if k in self.records:
+                continue  # never duplicate a record, even if a caller retries
+            self.records[k] = rec
+            lines.append(to_json_line(rec))
+        if not lines:
+            return
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write("".join(lines))
+            fh.flush()
+            os.fsync(fh.fileno())
+        kill_point(self.path.name, len(lines))  # test hook (TRACEWISE_TEST_KILL_AFTER); no-op when unset
+
+    def finalize(self, final_path: str | os.PathLike) -> Path:
+        """Write all records sorted by key to ``final_path`` atomically, then drop the log."""
+        ordered = [self.records[k] for k in sorted(self.records)]
+        out = write_records(final_path, ordered)
+        self.path.unlink(missing_ok=True)
+        return out

@@ -1,0 +1,252 @@
+"""What the quickstart and the studies share: their config sections (``TrainSettings``, ``StudyBase``,
+``StudyEval``, ``StudentsStudy``) and plumbing (base student, students trained per dataset in parallel,
+their evals, the quickstart's students, plots).
+
+Every step is an ordinary stage (init-student, generate, verify, curate, train sft, eval) writing
+its own content-addressed run dir, so a rerun of a study skips what is done and an interrupted one
+resumes; the study only decides which datasets to train on and reads the stages' outputs.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import multiprocessing
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from tracewise import evaluate, generate
+from tracewise.backends.base import SamplingParams
+from tracewise.core.config import doc
+from tracewise.core.logs import progress_bar
+from tracewise.core.threads import THREADS_HELP
+from tracewise.evaluate.metrics import read_summary
+from tracewise.data.sources import ProblemsConfig
+from tracewise.train import sft
+from tracewise.world import init_stage
+from tracewise.world.problems import WorldConfig
+from tracewise.world.student import StudentConfig
+from tracewise.world.teachers import TeacherConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StudyBase:
+    """Fields every curation study shares: where it writes, the world, the base student, parallelism."""
+
+    out: str = doc("Root of the stage run dirs (shared with other studies, so finished stages are reused).",
+                   "runs/studies")
+    name: str = doc("Sub-directory of out for this study's tables, plot and section.", "study")
+    world: WorldConfig = doc("Embedded world (train pool and test split).",
+                             factory=lambda: WorldConfig(n_train=1500, n_test=100))
+    student: StudentConfig = doc("Tiny student architecture (ignored when base_model is given).",
+                                 factory=StudentConfig)
+    pretrain_steps: int = doc("Base pretraining steps of the embedded student.", 300)
+    base_model: str = doc("A real base model to fine-tune instead of the embedded student.", "")
+    parallel: int = doc("Students trained at once (1 torch thread each).", 2)
+    seed: int = doc("Seed for generation, training and sampling.", 0)
+
+
+@dataclass
+class TrainSettings:
+    """Training shared by every student of the quickstart or a study (same steps and batch for all)."""
+
+    max_steps: int = doc("Optimizer steps per student.", 300)
+    batch_size: int = doc("Batch size.", 16)
+    learning_rate: float = doc("Peak learning rate.", 3e-3)
+    warmup_ratio: float = doc("Warmup fraction.", 0.05)
+    logging_steps: int = doc("Loss logging interval.", 10)
+
+    def validate(self) -> None:
+        if self.max_steps < 1 or self.batch_size < 1 or self.learning_rate <= 0:
+            raise ValueError("train: max_steps and batch_size must be >= 1 and learning_rate > 0")
+
+    def sft_config(self, out: str, experiment: str, model: str, dataset: str, seed: int, **extra) -> sft.SFTRunConfig:
+        """The ``train sft`` config of one student with these settings."""
+        return sft.SFTRunConfig(out=out, experiment=experiment, model=model, dataset=dataset, max_steps=self.max_steps,
+                                batch_size=self.batch_size, learning_rate=self.learning_rate,
+                                warmup_ratio=self.warmup_ratio, logging_steps=self.logging_steps, seed=seed, **extra)
+
+
+@dataclass
+class StudyEval:
+    """Evaluation shared by every student of a study."""
+
+    samples: int = doc("Samples per test problem (pass@8 needs >= 8).", 8)
+    temperature: float = doc("Sampling temperature.", 0.6)
+    max_tokens: int = doc("Max new tokens per sample.", 400)
+
+    def validate(self) -> None:
+        if self.samples < 1 or self.max_tokens < 1 or self.temperature < 0:
+            raise ValueError("eval: samples and max_tokens must be >= 1, temperature >= 0")
+
+
+def base_student(out: str, student: StudentConfig, pretrain_steps: int, model: str = "") -> str:
+    """The starting model: ``model`` if given (a real base model), else the embedded tiny student."""
+    if model:
+        return model
+    run_dir = init_stage.run(init_stage.InitStudentConfig(out=out, student=student, pretrain_steps=pretrain_steps,
+                                                          threads=1))
+    return str(init_stage.model_path(run_dir))
+
+
+def generate_world(out: str, tokenizer: str, teacher: TeacherConfig, world: WorldConfig, seed: int) -> str:
+    problems = ProblemsConfig(source="world", split="train", world=world)
+    return str(generate.run(generate.GenerateConfig(out=out, tokenizer=tokenizer, teacher=teacher, problems=problems,
+                                                    sampling=SamplingParams(n=1, seed=seed))))
+
+
+def train_students(out: str, base_model: str, datasets: dict[str, str], train: TrainSettings, seed: int,
+                   parallel: int) -> dict[str, Path]:
+    """One SFT run per ``name -> dataset dir``, ``parallel`` at a time (1 torch thread each)."""
+    names = list(datasets)
+    cfgs = [train.sft_config(out, n, base_model, datasets[n], seed, threads=1) for n in names]
+    return dict(zip(names, train_all(cfgs, parallel)))
+
+
+def _train_one(cfg: sft.SFTRunConfig) -> str:
+    """Child-process entry: one student, one thread (two small models train faster side by side)."""
+    from tracewise.core.logs import quiet_library_bars
+
+    os.environ["TRACEWISE_NO_PROGRESS"] = "1"
+    logging.basicConfig(level=logging.WARNING)
+    quiet_library_bars()
+    return str(sft.run(cfg))
+
+
+def train_all(cfgs: list[sft.SFTRunConfig], parallel: int, threads: int | None = None) -> list[Path]:
+    """Run every SFT config, ``parallel`` at a time in spawned processes; ``threads`` (None: each config's own,
+    1 per child process) are shared among the processes. Results do not depend on the split (core.threads)."""
+    if parallel == 1 or len(cfgs) == 1:
+        return [sft.run(c if threads is None else replace(c, threads=threads)) for c in cfgs]
+    per_child = 1 if threads is None else max(1, threads // min(parallel, len(cfgs)))
+    ctx = multiprocessing.get_context("spawn")
+    results: dict[int, Path] = {}
+    with progress_bar("train students", len(cfgs)) as advance:
+        with cf.ProcessPoolExecutor(max_workers=parallel, mp_context=ctx) as pool:
+            futures = {pool.submit(_train_one, replace(c, threads=per_child)): i for i, c in enumerate(cfgs)}
+            for fut in cf.as_completed(futures):
+                results[futures[fut]] = Path(fut.result())
+                log.info("trained %s", cfgs[futures[fut]].experiment)
+                advance(1)
+    return [results[i] for i in range(len(cfgs))]
+
+
+def eval_students(out: str, models: dict[str, Path], problems: ProblemsConfig, ev: StudyEval, seed: int) -> dict[str, dict]:
+    """``name -> summary row`` (summary.json contract) of each trained student on ``problems``."""
+    rows = {}
+    sampling = SamplingParams(n=ev.samples, temperature=ev.temperature, max_tokens=ev.max_tokens, seed=seed)
+    for name, run_dir in models.items():
+        e = evaluate.run(evaluate.EvalConfig(out=out, experiment=name, model=str(sft.model_dir(run_dir)),
+                                             problems=problems, sampling=sampling, threads=2))
+        rows[name] = read_summary(e / "summary.json")[0]
+    return rows
+
+
+def plot_bars(path: Path, labels: list[str], acc: dict[str, list[float]], tokens: list[float], title: str) -> Path:
+    """Accuracy bars (one group per variant) with the student's mean tokens on a second axis."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(max(6.0, 1.2 * len(labels) + 2), 4.2))
+    ax = fig.add_subplot()
+    width = 0.8 / max(1, len(acc))
+    for i, (metric, ys) in enumerate(acc.items()):
+        ax.bar([x + i * width for x in range(len(labels))], ys, width, label=metric)
+    ax.set_xticks([x + width * (len(acc) - 1) / 2 for x in range(len(labels))], labels, rotation=20, ha="right",
+                  fontsize=8)
+    ax.set_ylabel("student accuracy")
+    ax.set_ylim(0, 1.05)
+    ax2 = ax.twinx()
+    ax2.plot(range(len(labels)), tokens, "k^--", label="mean tokens")
+    ax2.set_ylabel("student mean tokens")
+    ax2.set_ylim(0, max(tokens, default=1) * 1.25 or 1)
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, loc="upper left", fontsize=8)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def pearson(xs: list[float], ys: list[float]) -> float | None:
+    """Correlation of two equally long lists; None when undefined (fewer than 3 points or no spread)."""
+    n = len(xs)
+    if n < 3:
+        return None
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
+    sx = sum((x - mx) ** 2 for x in xs) ** 0.5
+    sy = sum((y - my) ** 2 for y in ys) ** 0.5
+    return sxy / (sx * sy) if sx > 0 and sy > 0 else None
+
+
+# ---- studies of a quickstart run's students (controls, few-shot) ------------------------------------
+
+def quickstart_test_problems() -> ProblemsConfig:
+    return ProblemsConfig(split="test", world=WorldConfig(n_train=4000, n_test=100))  # tracewise.studies.quickstart's world
+
+
+def discover_students(run_dir: str | Path) -> dict[str, Path]:
+    """``{experiment: model dir}`` of the finished SFT and RL runs (``sft-*``, ``rl-*``) under ``run_dir``."""
+    root = Path(run_dir)
+    if not root.is_dir():
+        raise ValueError(f"{root}: run directory not found (run `tracewise quickstart` first, or set models)")
+    found: dict[str, Path] = {}
+    for d in sorted([*root.glob("sft-*"), *root.glob("rl-*")]):
+        label_file, model = d / "experiment.txt", d / "model"
+        if not ((d / "DONE").exists() and label_file.is_file() and (model / "config.json").is_file()):
+            continue
+        name = label_file.read_text(encoding="utf-8").strip() or d.name
+        if name in found:  # two runs with one label (e.g. RL reruns with other settings): name the later by its dir
+            log.warning("%s: %s and %s are both labelled %r; the second is %r", root, found[name].parent.name,
+                        d.name, name, f"{name} ({d.name})")
+            name = f"{name} ({d.name})"
+        found[name] = model
+    return found
+
+
+def parse_models(specs: list[str], field_name: str) -> dict[str, str]:
+    """``["name=path", ...]`` → ``{name: path}``; a bad entry is a ValueError naming ``field_name``."""
+    out: dict[str, str] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise ValueError(f"{field_name}: expected NAME=PATH, got {spec!r}")
+        if name.strip() in out:
+            raise ValueError(f"{field_name}: {name.strip()!r} is listed twice")
+        out[name.strip()] = path.strip()
+    return out
+
+
+@dataclass
+class StudentsStudy:
+    """Fields of a study that evaluates the finished students of a quickstart run (controls, few-shot)."""
+
+    out: str = doc("Directory for the eval run dirs, summary.json and the section JSON.", "runs/study", hash=False)
+    run_dir: str = doc("Quickstart run dir whose finished students (sft-*, rl-*) are evaluated.", "runs/quickstart")
+    students: list[str] = doc("Only these students (experiment labels; default: all found).", factory=list)
+    models: list[str] = doc("Extra or replacement students as NAME=MODEL_PATH (used instead of run_dir when "
+                            "run_dir is empty).", factory=list)
+    problems: ProblemsConfig = doc("Held-out problems (default: the quickstart world's test split).",
+                                   factory=quickstart_test_problems)
+    sampling: SamplingParams = doc("Samples per problem, temperature, max tokens, seed.",
+                                   factory=lambda: SamplingParams(n=4, temperature=0.6, max_tokens=256, seed=0))
+    batch_size: int = doc("Generation batch size.", 256, hash=False)
+    threads: int = doc(THREADS_HELP, 0, hash=False)
+
+    def student_models(self, where: str) -> dict[str, str]:
+        """``{student: model dir}``: run_dir's finished students, then ``models``, narrowed to ``students``."""
+        found = {k: str(v) for k, v in discover_students(self.run_dir).items()} if self.run_dir else {}
+        found.update(parse_models(self.models, f"{where}.models"))
+        if self.students:
+            missing = sorted(set(self.students) - set(found))
+            if missing:
+                raise ValueError(f"{where}.students: {missing} not found; students: {sorted(found)}")
+            found = {k: found[k] for k in self.students}
+        if not found:
+            raise ValueError(f"{where}: no finished students under {self.run_dir!r}")
+        return found

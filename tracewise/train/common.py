@@ -1,0 +1,73 @@
+"""What `train sft` and `train rl` share around the HF Trainer: the progress bar and log lines, and
+resuming from the newest complete checkpoint."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable
+
+from tracewise.core.logs import progress_bar
+from tracewise.core.records import kill_point
+from tracewise.core.store import last_complete_checkpoint
+
+
+def trainer_progress_callback(description: str, total: int, describe_log: Callable[[dict], str | None]):
+    """An HF ``TrainerCallback``: a rich bar over optimizer steps, and every 10th logging step one log
+    line ``"<description> step N/T <describe_log(logs)>"`` (nothing when it returns None).
+
+    One class for `train sft` and `train rl`: they differ only in which logged metrics matter.
+    """
+    from transformers import TrainerCallback
+
+    stage_log = logging.getLogger("tracewise.train")
+
+    class _Bar(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            self._cm = progress_bar(description, total)
+            self._advance = self._cm.__enter__()
+            self._advance(state.global_step)  # a resumed run starts part-way
+
+        def on_step_end(self, args, state, control, **kw):
+            self._advance(1)
+            kill_point("steps")  # test hook (TRACEWISE_TEST_KILL_AFTER=steps:N); no-op when unset
+
+        def on_save(self, args, state, control, **kw):
+            kill_point("saves")  # test hook: after the N-th complete checkpoint
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if not logs or state.global_step % (args.logging_steps * 10):
+                return
+            text = describe_log(logs)
+            if text is not None:
+                stage_log.info("%s step %d/%d %s", description, state.global_step, total, text)
+
+        def on_train_end(self, args, state, control, **kw):
+            self._cm.__exit__(None, None, None)
+
+    return _Bar()
+
+
+def prepare_trainer(trainer, stage: str, label: str, total: int, describe_log: Callable[[dict], str | None] | None,
+                    ckpt_root: Path, callbacks: list | None = None) -> str | None:
+    """Swap the Trainer's raw-dict printer for a progress bar (none when ``describe_log`` is None, e.g. on
+    non-main ranks), add ``callbacks``, and return the checkpoint to resume from (None: a fresh start).
+
+    Resuming skips (and deletes) a checkpoint torn by a kill mid-save (``last_complete_checkpoint``).
+    """
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # it prints raw dicts; metrics go to logging + log_history.json
+    if describe_log is not None:
+        trainer.add_callback(trainer_progress_callback(f"train {stage} [{label}]", total, describe_log))
+    for cb in callbacks or []:
+        trainer.add_callback(cb)
+    resume = last_complete_checkpoint(ckpt_root)
+    if resume:
+        logging.getLogger(f"tracewise.train.{stage}").info("train %s: resuming from %s", stage, resume)
+    return resume
+
+
+def series(history: list[dict], key: str) -> list[float]:
+    """The numeric values of ``key`` in a Trainer ``log_history``, in order."""
+    return [float(h[key]) for h in history if isinstance(h.get(key), (int, float))]
