@@ -221,7 +221,8 @@ def test_vllm_generates_seeded_samples_and_continues_prefixes(tiny_model_dir: st
     requests = [Request(id=f"q{i}", messages=[{"role": "user", "content": f"What is {i}+{i}?"}]) for i in range(4)]
     sampling = SamplingParams(n=2, temperature=1.0, max_tokens=16, seed=3)
     batches = list(backend.generate(requests, sampling))
-    assert len(batches) == 3  # 8 samples in chunks of 3, each handed back on its own
+    # Streamed through a window of 3 samples in flight: several batches, none larger than the window.
+    assert len(batches) >= 3 and max(len(b) for b in batches) <= 3
     got = {(c.request_id, c.sample_idx): c for b in batches for c in b}
     assert len(got) == 8
     assert all(c.finish_reason in ("stop", "length") and 1 <= c.n_tokens <= 16 for c in got.values())
