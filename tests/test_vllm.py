@@ -275,3 +275,33 @@ def test_vllm_over_long_prompt_fails_alone_and_ids_round_trip(tiny_model_dir: st
     cont = Request(id="ok", prompt="Count to 3:", prefix=ok.text, prefix_ids=ok.meta["token_ids"][:2])
     (c,) = [c for b in backend.generate([cont], SamplingParams(n=1, temperature=0.0, max_tokens=4)) for c in b]
     assert c.finish_reason in ("stop", "length")
+
+
+# ---- stages that run vLLM take the same vllm section ----------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_eval_passes_its_vllm_section_to_the_backend(student_path: str, monkeypatch) -> None:
+    """Mistral-Nemo declares 1,024,000 positions: eval must be able to cap vLLM's context."""
+    from tracewise import backends
+    from tracewise.evaluate import EvalConfig, run
+
+    cfg = load_config(EvalConfig, REPO / "configs/paper/eval_student.yaml",
+                      [f"model={student_path}", "vllm.data_parallel_size=1", "out=/nonexistent/never-written"])
+    assert cfg.vllm.max_model_len == 36864  # the recipe sets it
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_get_backend(name, **kwargs):
+        seen.update(kwargs, name=name)
+        raise Stop
+
+    monkeypatch.setattr(backends, "get_backend", fake_get_backend)
+    with pytest.raises(Stop):
+        run(cfg)
+    assert seen["name"] == "vllm" and seen["max_model_len"] == 36864 and seen["data_parallel_size"] == 1
+    with pytest.raises(ValueError, match="vllm.max_model_len"):
+        load_config(EvalConfig, None, [f"model={student_path}", "backend=vllm", "vllm.max_model_len=0"])

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tracewise.backends.base import Completion, Request, SamplingParams
+from tracewise.backends.vllm import VLLMConfig
 from tracewise.config import doc
 from tracewise.controls import ControlConfig, check_backend_for, control_sweep, run_control
 from tracewise.few_shot import FewShotConfig, few_shot_messages
@@ -51,6 +52,8 @@ class EvalConfig:
     few_shot: FewShotConfig = doc("k-shot exemplars shown before each problem (style transfer); k=0 = zero-shot.",
                                   factory=FewShotConfig)
     batch_size: int = doc("Generation batch size (rows decoded together).", 256, hash=False)
+    vllm: VLLMConfig = doc("'vllm' backend: tensor/data parallel sizes, memory, max_model_len (set it for models "
+                           "whose config declares a context the GPU cannot hold).", factory=VLLMConfig, hash=False)
     n_boot: int = doc("Bootstrap resamples for the 95% CIs.", 1000)
     threads: int = doc("torch CPU threads (0 = torch default).", 0, hash=False)
     trust_remote_code: bool = doc("Run Python code shipped with the model or tokenizer (HF auto_map); off unless you pass it.", False, hash=False)
@@ -87,6 +90,8 @@ class EvalConfig:
                     raise ValueError(f"eval.control: min_thinking {m} must be below sampling.max_tokens "
                                      f"({self.sampling.max_tokens})")
         self.few_shot.validate()
+        if self.backend == "vllm":
+            self.vllm.validate()
 
     @property
     def benchmark_label(self) -> str:
@@ -154,7 +159,7 @@ def run(cfg: EvalConfig) -> Path:
     by_id = {p.id: p for p in problems}
     messages = {p.id: few_shot_messages(p.question, exemplars, cfg.few_shot.k) for p in problems}
     backend = get_backend(cfg.backend, model=cfg.model, batch_size=cfg.batch_size,
-                          trust_remote_code=cfg.trust_remote_code)
+                          trust_remote_code=cfg.trust_remote_code, **_backend_options(cfg))
     check_backend_for(cfg.control, backend)
     save_config(run_dir, cfg)
     store = AppendLog(run_dir / "samples.partial.jsonl", Sample, key=lambda s: key(s.control, s.problem_id, s.sample_idx))
@@ -198,6 +203,13 @@ def run(cfg: EvalConfig) -> Path:
     mark_done(run_dir, {"experiment": [labels[c.label] for c in points] if sweep else labels[points[0].label],
                         "samples": str(samples_path.name), "n": len(samples)})
     return run_dir
+
+
+def _backend_options(cfg: EvalConfig) -> dict:
+    """Backend-specific constructor arguments (the vllm section, as ``generate`` passes it)."""
+    import dataclasses
+
+    return dataclasses.asdict(cfg.vllm) if cfg.backend == "vllm" else {}
 
 
 def _generate(backend, requests: list[Request], cfg: EvalConfig):
