@@ -42,7 +42,7 @@ from typing import Any
 
 from tracewise.benchmarks import iter_rows, normalize_gold, parse_level
 from tracewise.config import doc
-from tracewise.ingest_gold import GoldConfig, GoldIndex, teacher_gold
+from tracewise.ingest_gold import GoldConfig, GoldIndex, with_gold
 from tracewise.progress import progress_bar
 from tracewise.records import Problem, Trace, write_records
 from tracewise.store import AppendLog, is_done, mark_done, save_config, stage_dir
@@ -378,7 +378,7 @@ def run(cfg: IngestConfig) -> Path:
             if cfg.reasoning and rt.meta.get("reasoning") != cfg.reasoning:
                 kept[f"dropped_reasoning_{rt.meta.get('reasoning')}"] += 1
                 continue
-            p = _with_gold(rt, cfg, index, problems.get(rt.problem.id))
+            p = with_gold(rt.problem, rt.samples, rt.teacher, cfg.gold, index, problems.get(rt.problem.id))
             if p is None:
                 kept["dropped_no_gold"] += 1
                 continue
@@ -414,27 +414,6 @@ def run(cfg: IngestConfig) -> Path:
     mark_done(run_dir, manifest)
     log.info("ingest: %d traces of %d problems from %s in %s", manifest["n_traces"], len(problems), cfg.path, run_dir)
     return run_dir
-
-
-def _with_gold(rt: RowTraces, cfg: IngestConfig, index: GoldIndex | None, known: Problem | None) -> Problem | None:
-    """``rt.problem`` with its gold from ``cfg.gold``; None when there is none and rows without are dropped."""
-    import dataclasses
-
-    p = rt.problem
-    if cfg.gold.source == "column":
-        return p
-    if cfg.gold.source == "join":
-        gold, tag = index.lookup(p.question), f"join:{cfg.gold.path}"
-    elif known is not None:  # agreement mode: the problem's first trace fixed its gold
-        gold, tag = known.answer, known.meta.get("gold_source", "")
-    else:
-        _, parsed, hit_length = rt.samples[0]
-        gold, tag = teacher_gold(parsed.answer, rt.samples[0][0], parsed.truncated or hit_length), f"teacher:{rt.teacher}"
-    if not gold:
-        if cfg.gold.missing == "drop":
-            return None
-        gold = ""
-    return dataclasses.replace(p, answer=gold, meta={**p.meta, "gold_source": tag})
 
 
 def _trace(pid: str, teacher: str, idx: int, text: str, parsed: ParsedTrace, hit_length: bool, meta: dict,

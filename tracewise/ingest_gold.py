@@ -24,6 +24,7 @@ Rows without a gold are dropped (``gold.missing=drop``, counted in DONE) or kept
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import unicodedata
@@ -141,3 +142,22 @@ def teacher_gold(answer_text: str, text: str, truncated: bool) -> str | None:
         return None
     value = extract_answer(answer_text) or extract_answer(text)
     return normalize_gold(value) if value else None
+
+
+def with_gold(problem, samples: list, teacher: str, cfg: GoldConfig, index: GoldIndex | None, known):
+    """``problem`` with its gold from ``cfg`` (``samples``: the row's ``(text, spans, hit_length)``;
+    ``known``: the problem as first ingested, if seen before); None when it has none and ``missing=drop``."""
+    if cfg.source == "column":
+        return problem
+    if cfg.source == "join":
+        gold, tag = index.lookup(problem.question), f"join:{cfg.path}"
+    elif known is not None:  # agreement mode: the problem's first trace fixed its gold
+        gold, tag = known.answer, known.meta.get("gold_source", "")
+    else:
+        text, parsed, hit_length = samples[0]
+        gold, tag = teacher_gold(parsed.answer, text, parsed.truncated or hit_length), f"teacher:{teacher}"
+    if not gold:
+        if cfg.missing == "drop":
+            return None
+        gold = ""
+    return dataclasses.replace(problem, answer=gold, meta={**problem.meta, "gold_source": tag})
