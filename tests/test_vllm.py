@@ -82,7 +82,10 @@ def fake_vllm(monkeypatch):
     import vllm
 
     assert vllm.__file__.startswith(str(FAKES))
-    return vllm
+    yield vllm
+    # Leave no fake behind: later tests (TRL's is_vllm_available) must not find a "vllm" module.
+    for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
+        del sys.modules[name]
 
 
 def _within(seconds: float, fn):
