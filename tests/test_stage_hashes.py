@@ -10,7 +10,9 @@ unless the field is marked ``hash=False``.
 
 Deliberate changes since the pins were taken: ``train sft`` gained ``batch_order`` (random by default,
 replacing length-grouped batches that skewed mixed-dataset students, issue 12), so its three pins were
-recomputed once when that landed; every other stage's pin is still the old layout's.
+recomputed once when that landed; likewise ``verify`` (the judge's ``retry_max_tokens``), ``train rl``
+(GRPO/RLOO loss settings passed explicitly) and ``ingest`` (``reasoning`` filter, ``gold`` join) gained
+fields that change what they write (issue 18). Every other stage's pin is still the old layout's.
 """
 
 from __future__ import annotations
@@ -32,12 +34,12 @@ from tracewise.world.init_stage import InitStudentConfig
 @pytest.mark.parametrize("stage, make, expected", [
     ("student", InitStudentConfig, "student-f9dd7776df0d"),
     ("generate", GenerateConfig, "generate-ff35c4b8718b"),
-    ("verify", VerifyConfig, "verify-56571c22952f"),
+    ("verify", VerifyConfig, "verify-73aedd304599"),
     ("curate", CurateConfig, "curate-458e98515dfd"),
     ("sft", SFTRunConfig, "sft-71c70c3acbdb"),
-    ("rl", RLRunConfig, "rl-bf77d5e9ce29"),
+    ("rl", RLRunConfig, "rl-70e009647d85"),
     ("eval", EvalConfig, "eval-9de188b89b40"),
-    ("ingest", IngestConfig, "ingest-fa61dd153a98"),
+    ("ingest", IngestConfig, "ingest-7946fb0a881e"),
     ("generate", lambda: GenerateConfig(backend="hf", model="some/model",
                                         sampling=SamplingParams(n=4, temperature=0.7, max_tokens=256)),
      "generate-fd898137226f"),

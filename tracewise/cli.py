@@ -85,7 +85,12 @@ def _error(e: Exception) -> None:
     raise typer.Exit(code=2)
 
 
-def run_stage(stage: str, config: Optional[Path], overrides: list[str], show: bool = False) -> Path | None:
+LINK_HELP = ("Also point <out>/NAME at the run directory (a symlink), so the next stage can take it by name: "
+             "--link traces-r1 ... generations=runs/x/traces-r1.")
+
+
+def run_stage(stage: str, config: Optional[Path], overrides: list[str], show: bool = False,
+              link: Optional[str] = None) -> Path | None:
     """Load the stage's config from YAML + overrides and run it; errors exit with code 2."""
     module_name, cls_name = STAGES[stage]
     module = importlib.import_module(module_name)
@@ -98,6 +103,10 @@ def run_stage(stage: str, config: Optional[Path], overrides: list[str], show: bo
             typer.echo(dump_config(cfg), nl=False)
             return None
         out = module.run(cfg)
+        if link:
+            from tracewise.core.store import link_run
+
+            console.print(f"[green]{stage}:[/] {link_run(out, link)} -> {Path(out).name}")
     except ValueError as e:
         _error(e)
     console.print(f"[green]{stage} done:[/] {out}")
@@ -120,9 +129,10 @@ def _register(target: typer.Typer, name: str, stage: str, summary: str, command:
         config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config file."),
         print_config: bool = typer.Option(False, "--print-config", help="Print the resolved config and exit."),
         log_level: str = typer.Option("INFO", "--log-level", help="Logging level."),
+        link: Optional[str] = typer.Option(None, "--link", help=LINK_HELP),
     ) -> None:
         setup_logging(log_level)
-        run_stage(stage, config, overrides or [], show=print_config)
+        run_stage(stage, config, overrides or [], show=print_config, link=link)
 
     command = command or generic
     command.__doc__ = summary
@@ -137,9 +147,11 @@ def _generate(
                                       "failed (failed.jsonl) in the same run directory (= retry_failed=true)."),
     print_config: bool = typer.Option(False, "--print-config", help="Print the resolved config and exit."),
     log_level: str = typer.Option("INFO", "--log-level", help="Logging level."),
+    link: Optional[str] = typer.Option(None, "--link", help=LINK_HELP),
 ) -> None:
     setup_logging(log_level)
-    run_stage("generate", config, ["retry_failed=true"] * retry_failed + list(overrides or []), show=print_config)
+    run_stage("generate", config, ["retry_failed=true"] * retry_failed + list(overrides or []), show=print_config,
+              link=link)
 
 
 _register(app, "generate", "generate", "Generate teacher traces for problems (embedded teachers or any model backend: "
@@ -152,10 +164,11 @@ def _verify(
     judge_model: Optional[str] = typer.Option(None, "--judge-model", help="Judge model (= judge.model)."),
     print_config: bool = typer.Option(False, "--print-config", help="Print the resolved config and exit."),
     log_level: str = typer.Option("INFO", "--log-level", help="Logging level."),
+    link: Optional[str] = typer.Option(None, "--link", help=LINK_HELP),
 ) -> None:
     setup_logging(log_level)
     shortcuts = [f"judge.backend={judge}"] * bool(judge) + [f"judge.model={judge_model}"] * bool(judge_model)
-    run_stage("verify", config, shortcuts + list(overrides or []), show=print_config)
+    run_stage("verify", config, shortcuts + list(overrides or []), show=print_config, link=link)
 
 
 _register(app, "verify", "verify", "Check each trace's final answer with math-verify and a judge (LLM judge: --judge hf).",
@@ -177,11 +190,12 @@ def _eval(
                                             "dir and one summary row each."),
     print_config: bool = typer.Option(False, "--print-config", help="Print the resolved config and exit."),
     log_level: str = typer.Option("INFO", "--log-level", help="Logging level."),
+    link: Optional[str] = typer.Option(None, "--link", help=LINK_HELP),
 ) -> None:
     setup_logging(log_level)
     shortcuts = [f"control.budgets={budget}"] * (budget is not None) + [f"control.name={control}"] * bool(control)
     shortcuts += [f"benchmarks={benchmark}"] * bool(benchmark)
-    run_stage("eval", config, shortcuts + list(overrides or []), show=print_config)
+    run_stage("eval", config, shortcuts + list(overrides or []), show=print_config, link=link)
 
 
 _register(app, "eval", "eval", "Sample a model on held-out problems: pass@k, maj@k, tokens, CIs "

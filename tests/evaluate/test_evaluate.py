@@ -101,7 +101,7 @@ def test_eval_several_benchmarks_in_one_command(tmp_path, student_path, monkeypa
     from typer.testing import CliRunner
 
     import tracewise.backends as backends
-    import tracewise.evaluate as ev
+    import tracewise.evaluate.stage as ev
     from tracewise.cli import app
 
     extra = _bench_files(tmp_path, monkeypatch)

@@ -292,3 +292,138 @@ def test_token_counts_match_a_hand_count(tmp_path, char_tokenizer_path):
     # cut off: "Let me multiply 2 by 9, that is" = 31 chars, + <think> (no </think>, no answer, no EOS) = 32.
     assert c.thinking == "Let me multiply 2 by 9, that is"
     assert (c.n_tokens, c.n_thinking_tokens, c.n_answer_tokens) == (32, 32, 0)
+
+
+# ---- the paper's R1 source: Nemotron-Post-Training-Dataset-v1 (no gold), reasoning=on, gold join ----
+
+NEMOTRON_INSTRUCTION = "Solve the following math problem. Make sure to put the answer (and only answer) inside \\boxed{}."
+
+
+def _nemotron_row(uuid: str, problem: str, answer: str, reasoning: str = "on") -> dict:
+    """A row shaped like nvidia/Nemotron-Post-Training-Dataset-v1 (split math): no gold column."""
+    think = f"Let me work on it. The value is {answer}." if reasoning == "on" else ""
+    return {"uuid": uuid, "license": "CC BY 4.0", "generator": "DeepSeek-R1-0528", "version": "v1",
+            "category": "math", "reasoning": reasoning,
+            "messages": [{"role": "system", "content": ""},
+                         {"role": "user", "content": f"{NEMOTRON_INSTRUCTION}\n\n{problem}"},
+                         {"role": "assistant", "content": f"<think>{think}</think>\nSo it is \\boxed{{{answer}}}."}],
+            "metadata": "{}"}
+
+
+def _omr_row(problem: str, answer: str, problem_type: str = "has_answer_extracted") -> dict:
+    """A row shaped like nvidia/OpenMathReasoning (split cot): the problem without the instruction line."""
+    return {"expected_answer": answer, "problem_type": problem_type, "problem_source": "aops_c4_high_school_math",
+            "generation_model": "DeepSeek-R1", "pass_rate_72b_tir": "0.5", "problem": problem,
+            "generated_solution": "<think>...</think> \\boxed{" + answer + "}", "inference_mode": "cot"}
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+PROBLEMS = {  # problem text -> (R1's answer, the reference answer)
+    "What is $2+3$?": ("5", "5"),
+    "Compute  $7 \\times 6$.": ("42", "42"),
+    "Find $x$ if $x^2 = 49$ and $x<0$.": ("7", "-7"),  # R1 wrong here
+    "How many primes are below 10?": ("4", "4"),
+    "A problem with no reference answer.": ("1", None),
+    "An ambiguous reference.": ("3", "3|4"),  # two different expected answers in the gold data
+    "A converted proof.": ("0", "0!proof"),
+}
+
+
+def _nemotron_files(tmp_path: Path) -> tuple[str, str]:
+    rows, gold = [], []
+    for i, (problem, (r1, ref)) in enumerate(PROBLEMS.items()):
+        rows.append(_nemotron_row(f"u{i}", problem, r1))
+        if ref is None:
+            continue
+        if ref.endswith("!proof"):
+            gold.append(_omr_row(problem, ref[:-6], "converted_proof"))
+            continue
+        for k, a in enumerate(ref.split("|")):
+            # OpenMathReasoning repeats a problem once per solution; whitespace may differ.
+            gold.append(_omr_row(" ".join(problem.split()) + (" " if k else ""), a))
+            gold.append(_omr_row(problem, a))
+    rows.append(_nemotron_row("u-off", "What is $1+1$?", "2", reasoning="off"))
+    return _write_jsonl(tmp_path / "nemotron_math.jsonl", rows), _write_jsonl(tmp_path / "omr.jsonl", gold)
+
+
+def test_nemotron_rows_get_gold_joined_by_problem_text_and_reasoning_off_is_dropped(tmp_path, tokenizer_path):
+    """The paper's R1 traces have no gold: without a join every verdict is unparseable_gold."""
+    from tracewise.verify.stage import VerifyConfig, run as verify
+
+    traces, gold = _nemotron_files(tmp_path)
+    run_dir = run(load_config(IngestConfig, None, [
+        f"path={traces}", f"tokenizer={tokenizer_path}", f"out={tmp_path / 'runs'}", "format=nemotron", "teacher=r1",
+        "reasoning=on", "gold.source=join", f"gold.path={gold}", "gold.where={problem_type: has_answer_extracted}"]))
+    problems = {p.id: p for p in read_records(run_dir / "problems.jsonl", Problem)}
+    # Joined: u0, u1, u2, u3. No reference (u4), ambiguous (u5) and proof-only (u6): dropped. u-off: reasoning off.
+    assert {pid: p.answer for pid, p in problems.items()} == {"u0": "5", "u1": "42", "u2": "-7", "u3": "4"}
+    assert problems["u1"].question.startswith(NEMOTRON_INSTRUCTION)  # the prompt the teacher saw is kept
+    done = json.loads((run_dir / "DONE").read_text())
+    assert (done["rows_read"], done["rows_kept"], done["dropped_reasoning_off"], done["dropped_no_gold"]) == (8, 4, 1, 3)
+    assert done["gold_ambiguous_keys"] == 1
+    traces_ = read_records(run_dir / "traces.jsonl", Trace)
+    assert all(t.meta["reasoning"] == "on" and t.teacher == "r1" for t in traces_)
+    vdir = verify(VerifyConfig(out=str(tmp_path / "runs"), generations=[str(run_dir)], methods=["math_verify"],
+                               verify_workers=0))
+    verdicts = {json.loads(line)["problem_id"]: json.loads(line) for line in (vdir / "verdicts.jsonl").open()}
+    assert {pid: v["correct"] for pid, v in verdicts.items()} == {"u0": True, "u1": True, "u2": False, "u3": True}
+    # `limit` counts rows kept, not rows read.
+    two = run(load_config(IngestConfig, None, [
+        f"path={traces}", f"tokenizer={tokenizer_path}", f"out={tmp_path / 'runs2'}", "format=nemotron",
+        "reasoning=on", "gold.source=join", f"gold.path={gold}", "limit=2"]))
+    assert len(read_records(two / "problems.jsonl", Problem)) == 2
+
+
+def test_agreement_mode_curates_the_problems_both_teachers_answer_alike(tmp_path, tokenizer_path):
+    """No reference at all: R1's own answer is the gold; a second teacher (gpt-oss harmony traces for the
+    same problems) verified against it is 'correct' iff the two answers are equivalent."""
+    from tracewise.curate import CurateConfig, run as curate
+    from tracewise.verify.stage import VerifyConfig, run as verify
+
+    traces, _ = _nemotron_files(tmp_path)
+    r1 = run(load_config(IngestConfig, None, [
+        f"path={traces}", f"tokenizer={tokenizer_path}", f"out={tmp_path / 'runs'}", "format=nemotron", "teacher=r1",
+        "reasoning=on", "gold.source=teacher"]))
+    problems = {p.id: p for p in read_records(r1 / "problems.jsonl", Problem)}
+    assert {pid: p.answer for pid, p in problems.items()} == {f"u{i}": a for i, (a, _) in enumerate(PROBLEMS.values())}
+    assert problems["u0"].meta["gold_source"] == "teacher:r1"
+    # gpt-oss answers: equal to R1's on u0 (as 5.0), u1, u3, u4; different on u2, u5; none on u6 (cut off).
+    oss_answers = {"u0": "5.0", "u1": "42", "u2": "-7", "u3": "4", "u4": "1", "u5": "4"}
+    rows = [{"uuid": pid, "problem": problems[pid].question,
+             "completion": f"<|channel|>analysis<|message|>Think.<|end|><|start|>assistant<|channel|>final<|message|>"
+                           f"\\boxed{{{oss_answers[pid]}}}<|return|>" if pid in oss_answers else
+                           "<|channel|>analysis<|message|>Still thinking"} for pid in sorted(problems)]
+    oss_file = _write_jsonl(tmp_path / "gpt_oss.jsonl", rows)
+    # The second teacher's problems take the first's gold by problem text (its problems.jsonl is a gold dataset).
+    oss = run(load_config(IngestConfig, None, [
+        f"path={oss_file}", f"tokenizer={tokenizer_path}", f"out={tmp_path / 'runs'}", "format=harmony",
+        "teacher=gpt-oss", "gold.source=join", f"gold.path={r1 / 'problems.jsonl'}", "gold.missing=keep"]))
+    assert {p.id: p.answer for p in read_records(oss / "problems.jsonl", Problem)} == \
+        {pid: p.answer for pid, p in problems.items()}
+    vdir = verify(VerifyConfig(out=str(tmp_path / "runs"), generations=[str(r1), str(oss)], methods=["math_verify"],
+                               verify_workers=0))
+    cdir = curate(CurateConfig(out=str(tmp_path / "runs"), generations=[str(r1), str(oss)], verdicts=str(vdir),
+                               filter="math_verify", mix=False))
+    from datasets import load_from_disk
+
+    kept = sorted(load_from_disk(str(cdir / "datasets" / "gpt-oss"))["problem_id"])
+    assert kept == ["u0", "u1", "u3", "u4"]  # R1 and gpt-oss agree; u2 and u5 disagree, u6 was cut off
+
+
+def test_gold_and_reasoning_settings_are_checked(tmp_path, tokenizer_path):
+    traces, _ = _nemotron_files(tmp_path)
+    base = [f"path={traces}", f"tokenizer={tokenizer_path}", f"out={tmp_path}"]
+    for overrides, needle in [(["reasoning=maybe"], "ingest.reasoning"), (["gold.source=oracle"], "ingest.gold.source"),
+                              (["gold.source=join"], "gold.path is required"),
+                              (["gold.source=teacher", "fields.answer=x"], "both say where the gold comes from")]:
+        with pytest.raises(ValueError, match=needle):
+            load_config(IngestConfig, None, base + overrides)
+    plain = _write_jsonl(tmp_path / "plain.jsonl", [{"id": "a", "problem": "1+1?", "completion": "\\boxed{2}",
+                                                     "answer": "2"}])
+    with pytest.raises(ValueError, match="needs each row's reasoning flag"):
+        run(load_config(IngestConfig, None, [f"path={plain}", f"tokenizer={tokenizer_path}", f"out={tmp_path}",
+                                             "reasoning=on"]))

@@ -270,7 +270,7 @@ def test_dependency_floors_cover_the_apis_the_code_uses():
     from packaging.version import Version
 
     tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
-    deps = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["dependencies"]
+    deps = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]["dependencies"]
     floors = {}
     for d in deps:
         req = Requirement(d)

@@ -108,7 +108,7 @@ def test_packing_chat_template_and_unmerged_adapter(tmp_path, llama, dataset):
     assert AutoModelForCausalLM.from_pretrained(model_dir(run_dir)) is not None
     tok = AutoTokenizer.from_pretrained(model_dir(run_dir))
     assert tok.apply_chat_template([{"role": "user", "content": "1+1?"}], tokenize=False,
-                                   add_generation_prompt=True).endswith("User: 1+1?\n\nAssistant: ")
+                                   add_generation_prompt=True).endswith("User: 1+1?\n\nAssistant:\n")
 
 
 def test_global_batch_and_bad_settings(tmp_path, llama, dataset):

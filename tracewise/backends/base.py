@@ -50,6 +50,10 @@ class Request:
     prefix: str = ""
     problem: Problem | None = None
     sample_idxs: list[int] | None = None  # which of 0..n-1 to produce (resume); None = all
+    # Token ids of ``prefix`` in the backend's tokenizer (e.g. a cut of ``meta["token_ids"]``). A backend
+    # that reads them (vllm) continues from prompt ids + these ids exactly instead of re-tokenising
+    # ``text + prefix``; the others ignore them, so ``prefix`` must still hold the same text.
+    prefix_ids: list[int] | None = None
 
 
 @dataclass
@@ -59,6 +63,8 @@ class Completion:
     text: str  # generated text (without the prompt / prefix)
     n_tokens: int  # generated tokens, in the backend tokenizer
     finish_reason: str  # "stop" (end-of-turn) or "length" (hit max_tokens)
+    # Backend extras. ``meta["token_ids"]`` (vllm): the generated ids, EOS included (tracewise.evaluate.controls
+    # cuts and continues samples from them instead of re-tokenising the text).
     meta: dict = field(default_factory=dict)
 
 

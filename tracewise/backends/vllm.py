@@ -7,23 +7,42 @@ built, so configs that never name it never need it.
   so a sample does not depend on batching, sharding or resume (vLLM seeds per request).
 * Prompts are token ids built here with the model's tokenizer (chat template + ``Request.prefix``),
   so the prompt a sample continues is exactly the one the ``hf`` backend would build, and prefix
-  continuation (test-time controls) works: ``supports_prefix = True``.
+  continuation (test-time controls) works: ``supports_prefix = True``. A request that carries
+  ``prefix_ids`` continues from exactly those ids (no re-tokenisation of ``text + prefix``).
+* Each completion reports its generated ids in ``meta["token_ids"]`` (EOS included), so controls
+  cut and continue samples on token boundaries instead of re-tokenising text.
 * ``skip_special_tokens=False``: ``<think>``/``</think>`` are special tokens in several reasoning
   tokenizers and must stay in the text.
+* Streaming, not chunk-and-wait: up to ``chunk_size`` samples are in the engine at once and the
+  window is topped up as samples finish (``LLMEngine.add_request`` / ``step``), so a sample never
+  waits for the longest sample of "its" chunk and the engine never runs half-empty at a chunk's
+  tail. Finished samples are handed back every ``chunk_size // 4`` completions, so ``generate``
+  stores them as they finish. (Engines without that API fall back to ``LLM.generate`` per chunk.)
+* A prompt the model cannot take (``prompt tokens >= max_model_len``) fails alone: its samples come
+  back with ``finish_reason="error"`` and the reason in ``meta["error"]`` (``generate`` lists them in
+  ``failed.jsonl``; ``eval`` counts them wrong), and every other prompt is generated. ``max_tokens``
+  is capped at what is left of the context, so a sample that runs into it ends as ``"length"``.
 * Tensor parallel is vLLM's own ``tensor_parallel_size``. Data parallel runs ``data_parallel_size``
   independent replicas in worker processes, each pinned to its own ``tensor_parallel_size`` GPUs via
   ``CUDA_VISIBLE_DEVICES``; samples are dealt round-robin. Independent replicas (rather than vLLM's
   coordinated DP engine, built for MoE expert parallelism) need no shared rendezvous and give the
-  same samples, because each sample carries its own seed.
-* Results are handed back in chunks of ``chunk_size`` samples so ``generate`` stores them as they
-  finish.
+  same samples, because each sample carries its own seed. The replicas are NOT daemonic (vLLM's
+  engine starts its own worker processes, which a daemonic process may not have); they are stopped
+  by ``close()`` and at interpreter exit, and exit on their own when the parent dies. The parent
+  never waits on a dead replica: while it waits it checks every ``POLL_S`` seconds that the busy
+  replicas are alive, and one that died (e.g. killed by the OOM killer) is an error naming it.
 """
 
 from __future__ import annotations
 
+import atexit
+import itertools
 import logging
 import multiprocessing as mp
 import os
+import queue
+import signal
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -33,18 +52,25 @@ from tracewise.core.config import doc
 
 log = logging.getLogger(__name__)
 
+FAILED = "error"  # finish_reason of a sample that could not be generated (as in tracewise.backends.openai_http)
+POLL_S = 2.0  # how often a waiting parent checks that its replicas are alive
+Job = tuple[str, int, list[int], dict]  # (request id, sample idx, prompt ids, vLLM sampling kwargs)
+
 
 @dataclass
 class VLLMConfig:
-    """Settings of the ``vllm`` backend (``generate.vllm.*``)."""
+    """Settings of the ``vllm`` backend (``generate.vllm.*``, ``eval.vllm.*``, ``train rl``'s vLLM)."""
 
     tensor_parallel_size: int = doc("GPUs per model replica (vLLM tensor parallel).", 1)
     data_parallel_size: int = doc("Independent replicas, each on its own tensor_parallel_size GPUs.", 1)
     gpu_memory_utilization: float = doc("Fraction of each GPU's memory vLLM may use.", 0.9)
-    max_model_len: int | None = doc("Context length cap (None = the model's).", None)
+    max_model_len: int | None = doc("Context length cap, prompt + completion (None = the model's config; set it "
+                                    "for models that declare huge contexts, e.g. Mistral-Nemo's 1,024,000, "
+                                    "whose KV cache for one sequence would not fit).", None)
     dtype: str = doc("Weights dtype: auto, bfloat16, float16, float32.", "auto")
     enforce_eager: bool = doc("Disable CUDA graphs (faster start, slower decode).", False)
-    chunk_size: int = doc("Samples per vLLM call; each chunk is stored when it finishes.", 1024)
+    chunk_size: int = doc("Samples in the engine at once (topped up as samples finish); finished samples are "
+                          "stored every chunk_size/4.", 1024)
 
     def validate(self) -> None:
         for name in ("tensor_parallel_size", "data_parallel_size", "chunk_size"):
@@ -80,32 +106,173 @@ def _llm_kwargs(model: str, tokenizer: str | None, cfg: VLLMConfig, trust_remote
     return kw
 
 
-def _run_llm(llm: Any, jobs: list[tuple[str, int, list[int], dict]]) -> list[Completion]:
-    """Generate ``jobs`` = (request id, sample idx, prompt ids, sampling kwargs) on one ``vllm.LLM``."""
-    from vllm import SamplingParams as VSamplingParams
+# ---- one engine -------------------------------------------------------------------------------
 
-    prompts = [{"prompt_token_ids": ids} for _, _, ids, _ in jobs]
-    params = [VSamplingParams(**kw) for *_, kw in jobs]
-    outs = llm.generate(prompts, params, use_tqdm=False)
-    done = []
-    for (rid, idx, ids, _), out in zip(jobs, outs):
-        o = out.outputs[0]
-        done.append(Completion(rid, idx, o.text, len(o.token_ids), "length" if o.finish_reason == "length" else "stop",
-                               {"prompt_tokens": len(ids)}))
-    return done
+def _max_len(llm: Any, configured: int | None) -> int | None:
+    """The engine's context length (prompt + completion), as vLLM resolved it."""
+    try:
+        return int(llm.llm_engine.model_config.max_model_len)
+    except (AttributeError, TypeError, ValueError):
+        return configured
 
 
-def _replica_main(rank: int, gpus: str, llm_kwargs: dict, inbox: Any, outbox: Any) -> None:
-    """A data-parallel worker: one LLM on its own GPUs, serving chunks until it gets None."""
+def _params(vllm: Any, kw: dict) -> Any:
+    params = vllm.SamplingParams(**kw)
+    try:  # only the final output of a request: no per-step detokenised copies while streaming
+        from vllm.sampling_params import RequestOutputKind
+
+        params.output_kind = RequestOutputKind.FINAL_ONLY
+    except (ImportError, AttributeError):
+        pass
+    return params
+
+
+def _failed(job: Job, reason: str) -> Completion:
+    rid, idx, ids, _ = job
+    return Completion(rid, idx, "", 0, FAILED, {"error": reason, "prompt_tokens": len(ids)})
+
+
+def _fit(job: Job, max_len: int | None) -> Job | Completion:
+    """The job with max_tokens capped at what is left of the context, or a failed completion."""
+    if max_len is None:
+        return job
+    rid, idx, ids, kw = job
+    room = max_len - len(ids)
+    if room < 1:
+        return _failed(job, f"prompt_too_long: {len(ids)} prompt tokens, max_model_len {max_len}")
+    return (rid, idx, ids, {**kw, "max_tokens": min(kw["max_tokens"], room)}) if kw["max_tokens"] > room else job
+
+
+def _completion(job: Job, out: Any) -> Completion:
+    rid, idx, ids, _ = job
+    o = out.outputs[0]
+    token_ids = [int(t) for t in o.token_ids]
+    return Completion(rid, idx, o.text, len(token_ids), "length" if o.finish_reason == "length" else "stop",
+                      {"prompt_tokens": len(ids), "token_ids": token_ids})
+
+
+def _stream(vllm: Any, llm: Any, jobs: list[Job], window: int, max_len: int | None) -> Iterator[list[Completion]]:
+    """Generate ``jobs`` on one engine, at most ``window`` in flight, topped up as samples finish;
+    yield finished completions in batches of about ``window // 4``."""
+    flush = max(1, window // 4)
+    engine = getattr(llm, "llm_engine", None)
+    if engine is None or not all(hasattr(engine, a) for a in ("add_request", "step")):
+        yield from _chunked(vllm, llm, jobs, window, max_len)
+        return
+    pending, in_flight, done = deque(jobs), {}, []
+    names = (f"tw{n}|" for n in itertools.count())  # '|' ends the id: a suffix vLLM may add stays matchable
+    while pending or in_flight:
+        while pending and len(in_flight) < window:
+            job = _fit(pending.popleft(), max_len)
+            if isinstance(job, Completion):
+                done.append(job)
+                continue
+            name = next(names)
+            try:
+                engine.add_request(name, {"prompt_token_ids": job[2]}, _params(vllm, job[3]))
+            except ValueError as e:  # the engine refused this prompt alone
+                done.append(_failed(job, f"{type(e).__name__}: {e}"))
+                continue
+            in_flight[name] = job
+        if in_flight:
+            for out in engine.step():
+                if getattr(out, "finished", True):
+                    key = out.request_id if out.request_id in in_flight else \
+                        next((k for k in in_flight if str(out.request_id).startswith(k)), None)
+                    if key is not None:
+                        done.append(_completion(in_flight.pop(key), out))
+        if done and (len(done) >= flush or not (pending or in_flight)):
+            yield done
+            done = []
+    if done:
+        yield done
+
+
+def _chunked(vllm: Any, llm: Any, jobs: list[Job], window: int, max_len: int | None) -> Iterator[list[Completion]]:
+    """``LLM.generate`` per chunk; a chunk the engine refuses is retried sample by sample, so only the
+    samples it refuses alone fail."""
+    for start in range(0, len(jobs), window):
+        fitted = [_fit(j, max_len) for j in jobs[start:start + window]]
+        done = [j for j in fitted if isinstance(j, Completion)]
+        todo = [j for j in fitted if not isinstance(j, Completion)]
+        try:
+            done += _generate_all(vllm, llm, todo)
+        except ValueError:
+            for job in todo:
+                try:
+                    done += _generate_all(vllm, llm, [job])
+                except ValueError as e:
+                    done.append(_failed(job, f"{type(e).__name__}: {e}"))
+        yield done
+
+
+def _generate_all(vllm: Any, llm: Any, jobs: list[Job]) -> list[Completion]:
+    if not jobs:
+        return []
+    outs = llm.generate([{"prompt_token_ids": j[2]} for j in jobs], [vllm.SamplingParams(**j[3]) for j in jobs],
+                        use_tqdm=False)
+    return [_completion(j, o) for j, o in zip(jobs, outs, strict=True)]
+
+
+# ---- data-parallel replicas -------------------------------------------------------------------
+
+def _replica_main(rank: int, gpus: str, llm_kwargs: dict, window: int, inbox: Any, outbox: Any) -> None:
+    """A data-parallel worker: one LLM on its own GPUs; streams each job list it gets back as
+    ``(rank, call, "done", completions)`` messages and ``(rank, call, "idle", None)``; stops on None
+    or when the parent is gone."""
     os.environ["CUDA_VISIBLE_DEVICES"] = gpus
+    parent = mp.parent_process()
     try:
         vllm = import_vllm()
         llm = vllm.LLM(**llm_kwargs)
-        outbox.put((rank, "ready", None))
-        while (jobs := inbox.get()) is not None:
-            outbox.put((rank, "done", _run_llm(llm, jobs)))
-    except BaseException as e:  # report, so the parent raises instead of waiting forever
-        outbox.put((rank, "error", f"{type(e).__name__}: {e}"))
+        max_len = _max_len(llm, llm_kwargs.get("max_model_len"))
+        outbox.put((rank, 0, "ready", None))
+        while True:
+            try:
+                msg = inbox.get(timeout=POLL_S)
+            except queue.Empty:
+                if parent is not None and not parent.is_alive():
+                    return  # orphaned: free the GPUs
+                continue
+            if msg is None:
+                return
+            call, jobs = msg
+            for batch in _stream(vllm, llm, jobs, window, max_len):
+                outbox.put((rank, call, "done", batch))
+            outbox.put((rank, call, "idle", None))
+    except BaseException as e:  # report, so the parent raises instead of waiting
+        outbox.put((rank, -1, "error", f"{type(e).__name__}: {e}"))
+
+
+def _stop(workers: list) -> None:
+    """Stop replicas: ask, then terminate, then kill; empties ``workers``. Registered with atexit
+    after the processes start, so it runs before multiprocessing joins its non-daemonic children."""
+    for proc, inbox in workers:
+        if proc.is_alive():
+            try:
+                inbox.put(None)
+            except (OSError, ValueError):
+                pass
+    for proc, _ in workers:
+        proc.join(timeout=30)
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(timeout=10)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(timeout=5)
+    workers.clear()
+
+
+def _death(rank: int, code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        hint = " (SIGKILL: often the OOM killer; see dmesg)" if code == -signal.SIGKILL else ""
+        return f"vllm data-parallel replica {rank} died: killed by {name}{hint}"
+    return f"vllm data-parallel replica {rank} died (exit code {code}) without reporting an error"
 
 
 class VLLMBackend:
@@ -127,12 +294,15 @@ class VLLMBackend:
         from transformers import AutoTokenizer
 
         self.name = f"vllm:{model}"
+        self._vllm = vllm
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer or model, trust_remote_code=trust_remote_code)
         kwargs = _llm_kwargs(model, tokenizer, self.cfg, trust_remote_code)
         self._llm = None
         self._workers: list[Any] = []
+        self._calls = itertools.count(1)
         if self.cfg.data_parallel_size == 1:
             self._llm = vllm.LLM(**kwargs)
+            self._max_len = _max_len(self._llm, self.cfg.max_model_len)
         else:
             self._start_replicas(kwargs)
 
@@ -148,26 +318,40 @@ class VLLMBackend:
         for rank in range(dp):
             inbox = ctx.Queue()
             gpus = ",".join(devices[rank * tp:(rank + 1) * tp])
-            proc = ctx.Process(target=_replica_main, args=(rank, gpus, kwargs, inbox, self._outbox), daemon=True)
+            # Not daemonic: vLLM's engine starts its own processes, which a daemonic process may not have.
+            proc = ctx.Process(target=_replica_main, args=(rank, gpus, kwargs, self.cfg.chunk_size, inbox,
+                                                           self._outbox), daemon=False, name=f"vllm-replica-{rank}")
             proc.start()
             self._workers.append((proc, inbox))
-        for _ in range(dp):
-            self._receive("ready")
+        atexit.register(_stop, self._workers)
+        waiting = set(range(dp))
+        while waiting:
+            rank, _, kind, payload = self._receive(waiting)
+            if kind == "ready":
+                waiting.discard(rank)
 
-    def _receive(self, expected: str) -> list[Completion] | None:
-        rank, kind, payload = self._outbox.get()
-        if kind == "error":
-            self.close()
-            raise RuntimeError(f"vllm data-parallel replica {rank} failed: {payload}")
-        assert kind == expected, (kind, expected)
-        return payload
+    def _receive(self, busy: set[int]) -> tuple:
+        """The next replica message; raises if a replica reports an error or a busy one has died."""
+        while True:
+            try:
+                msg = self._outbox.get(timeout=POLL_S)
+            except queue.Empty:
+                dead = [(r, self._workers[r][0].exitcode) for r in sorted(busy) if not self._workers[r][0].is_alive()]
+                if not dead:
+                    continue
+                try:  # it may have reported before dying
+                    msg = self._outbox.get(timeout=1.0)
+                except queue.Empty:
+                    self.close()
+                    raise RuntimeError(_death(*dead[0])) from None
+            rank, _, kind, payload = msg
+            if kind == "error":
+                self.close()
+                raise RuntimeError(f"vllm data-parallel replica {rank} failed: {payload}")
+            return msg
 
     def close(self) -> None:
-        for proc, inbox in self._workers:
-            if proc.is_alive():
-                inbox.put(None)
-                proc.join(timeout=30)
-        self._workers = []
+        _stop(self._workers)
 
     def __del__(self) -> None:  # pragma: no cover - best effort at interpreter exit
         try:
@@ -185,10 +369,13 @@ class VLLMBackend:
             text, add_special = request.prompt, True
         else:
             raise ValueError(f"request {request.id!r} has neither messages nor prompt")
+        prefix_ids = getattr(request, "prefix_ids", None)
+        if prefix_ids is not None:  # continue from exactly the ids generated so far
+            return list(self.tokenizer(text, add_special_tokens=add_special)["input_ids"]) + [int(t) for t in prefix_ids]
         return list(self.tokenizer(text + request.prefix, add_special_tokens=add_special)["input_ids"])
 
-    def jobs(self, requests: list[Request], sampling: SamplingParams) -> list[tuple[str, int, list[int], dict]]:
-        """One (id, idx, prompt ids, vLLM sampling kwargs) per sample; longest prompts first."""
+    def jobs(self, requests: list[Request], sampling: SamplingParams) -> list[Job]:
+        """One (id, idx, prompt ids, vLLM sampling kwargs) per sample, in request order."""
         out = []
         for req in requests:
             ids = self.encode_prompt(req)
@@ -204,38 +391,38 @@ class VLLMBackend:
                  progress: Callable[[int], Any] | None = None) -> Iterator[list[Completion]]:
         sampling.validate(f"{self.name}: sampling")
         jobs = self.jobs(requests, sampling)
-        size = self.cfg.chunk_size
-        chunks = [jobs[i:i + size] for i in range(0, len(jobs), size)]
-        if self._llm is not None:
-            for chunk in chunks:
-                done = _run_llm(self._llm, chunk)
-                if progress:
-                    progress(len(done))
-                yield done
-            return
-        # Data parallel: keep every replica busy with one chunk; hand back each as it returns.
-        dp = len(self._workers)
-        pending = iter(chunks)
-        busy = 0
-        for rank in range(dp):
-            chunk = next(pending, None)
-            if chunk is None:
-                break
-            self._workers[rank][1].put(chunk)
-            busy += 1
-        while busy:
-            rank, kind, payload = self._outbox.get()
-            if kind == "error":
-                self.close()
-                raise RuntimeError(f"vllm data-parallel replica {rank} failed: {payload}")
-            busy -= 1
-            chunk = next(pending, None)
-            if chunk is not None:
-                self._workers[rank][1].put(chunk)
-                busy += 1
+        n_failed = 0
+        for batch in self._batches(jobs):
+            n_failed += sum(c.finish_reason == FAILED for c in batch)
             if progress:
-                progress(len(payload))
-            yield payload
+                progress(len(batch))
+            yield batch
+        if n_failed:
+            log.warning("%s: %d sample(s) failed alone (reason in meta['error'], e.g. prompt_too_long)", self.name,
+                        n_failed)
+
+    def _batches(self, jobs: list[Job]) -> Iterator[list[Completion]]:
+        if self._llm is not None:
+            yield from _stream(self._vllm, self._llm, jobs, self.cfg.chunk_size, self._max_len)
+            return
+        # Data parallel: every replica streams its round-robin share; batches come back as they finish.
+        if not self._workers:
+            raise RuntimeError(f"{self.name}: the backend is closed")
+        call = next(self._calls)
+        busy = set()
+        for rank, (_, inbox) in enumerate(self._workers):
+            share = jobs[rank::len(self._workers)]
+            if share:
+                inbox.put((call, share))
+                busy.add(rank)
+        while busy:
+            rank, got_call, kind, payload = self._receive(busy)
+            if got_call != call:
+                continue  # left over from a call whose consumer stopped early
+            if kind == "idle":
+                busy.discard(rank)
+            elif kind == "done":
+                yield payload
 
 
 def _device_count() -> int:

@@ -58,6 +58,35 @@ def stage_dir(out: str | os.PathLike, stage: str, cfg: Any, inputs: Iterable[Any
     return Path(out) / f"{stage}-{key}"
 
 
+def link_run(run_dir: str | os.PathLike, name: str) -> Path:
+    """Point ``<out>/<name>`` at ``run_dir`` (a relative symlink beside it, replaced atomically), so the
+    next stage can take this run by a readable name instead of its hash (``--link NAME`` on the CLI).
+
+    Inputs are keyed by their bytes, so a link and the directory it names feed a stage the same data.
+    A name that looks like a run directory (``<stage>-...`` of a stage present in ``<out>``) is refused:
+    studies find runs by globbing ``<stage>-*`` and would count the run twice.
+    """
+    import re
+
+    run_dir = Path(run_dir)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", name or ""):
+        raise ValueError(f"--link {name!r}: use letters, digits and . _ + - (a file name in {run_dir.parent})")
+    run_pattern = re.compile(r"(?P<stage>[a-z][a-z0-9-]*?)-[0-9a-f]{12}")
+    stages = {m.group("stage") for p in [run_dir, *run_dir.parent.iterdir()] if (m := run_pattern.fullmatch(p.name))}
+    clash = sorted(s for s in stages if name.startswith(s + "-"))
+    if clash or run_pattern.fullmatch(name):
+        raise ValueError(f"--link {name!r}: looks like a run directory (<stage>-..., here "
+                         f"{clash[0] if clash else 'a hash'}), which studies glob for; pick a name without that prefix")
+    link = run_dir.parent / name
+    if link.exists() and not link.is_symlink():
+        raise ValueError(f"--link {name!r}: {link} exists and is not a link")
+    tmp = run_dir.parent / f".{name}.{os.getpid()}.link"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(run_dir.name, target_is_directory=True)
+    os.replace(tmp, link)
+    return link
+
+
 def is_done(run_dir: Path) -> bool:
     return (Path(run_dir) / "DONE").exists()
 

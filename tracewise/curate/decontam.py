@@ -282,7 +282,10 @@ def world_configs_of(generation_dirs: Iterable[str]) -> list:
         path = Path(d) / "config.yaml"
         if not path.is_file():
             continue
-        cfg = load_config(GenerateConfig, path)
+        try:
+            cfg = load_config(GenerateConfig, path)
+        except ValueError:  # not a generate run (an ingest run): its problems are not the embedded world's
+            continue
         if cfg.problems.source == "world":
             out.append(cfg.problems.world)
     return out

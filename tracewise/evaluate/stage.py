@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tracewise.backends.base import Completion, Request, SamplingParams
+from tracewise.backends.vllm import VLLMConfig
 from tracewise.core.config import doc
 from tracewise.core.fingerprint import model_input
 from tracewise.core.threads import THREADS_HELP, use_threads
@@ -64,6 +65,8 @@ class EvalConfig:
     few_shot: FewShotConfig = doc("k-shot exemplars shown before each problem (style transfer); k=0 = zero-shot.",
                                   factory=FewShotConfig)
     batch_size: int = doc("Generation batch size (rows decoded together).", 256, hash=False)
+    vllm: VLLMConfig = doc("'vllm' backend: tensor/data parallel sizes, memory, max_model_len (set it for models "
+                           "whose config declares a context the GPU cannot hold).", factory=VLLMConfig, hash=False)
     n_boot: int = doc("Bootstrap resamples for the 95% CIs.", 1000)
     threads: int = doc(THREADS_HELP, 0, hash=False)
     trust_remote_code: bool = doc("Run Python code shipped with the model or tokenizer (HF auto_map); off unless you pass it.", False, hash=False)
@@ -99,6 +102,8 @@ class EvalConfig:
                     raise ValueError(f"eval.control: min_thinking {m} must be below sampling.max_tokens "
                                      f"({self.sampling.max_tokens})")
         self.few_shot.validate()
+        if self.backend == "vllm":
+            self.vllm.validate()
         if self.benchmarks:
             self._validate_benchmarks()
 
@@ -230,7 +235,7 @@ def _run_one(cfg: EvalConfig, problems: list[Problem], shared: dict) -> Path:
     messages = {p.id: few_shot_messages(p.question, exemplars, cfg.few_shot.k) for p in problems}
     if "backend" not in shared:
         shared["backend"] = get_backend(cfg.backend, model=cfg.model, batch_size=cfg.batch_size,
-                                        trust_remote_code=cfg.trust_remote_code)
+                                        trust_remote_code=cfg.trust_remote_code, **_backend_options(cfg))
     backend = shared["backend"]
     check_backend_for(cfg.control, backend)
     save_config(run_dir, cfg)
@@ -275,6 +280,13 @@ def _run_one(cfg: EvalConfig, problems: list[Problem], shared: dict) -> Path:
     mark_done(run_dir, {"experiment": [labels[c.label] for c in points] if sweep else labels[points[0].label],
                         "samples": str(samples_path.name), "n": len(samples)})
     return run_dir
+
+
+def _backend_options(cfg: EvalConfig) -> dict:
+    """Backend-specific constructor arguments (the vllm section, as ``generate`` passes it)."""
+    import dataclasses
+
+    return dataclasses.asdict(cfg.vllm) if cfg.backend == "vllm" else {}
 
 
 def _generate(backend, requests: list[Request], cfg: EvalConfig):

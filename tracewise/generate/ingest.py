@@ -22,6 +22,12 @@ Row formats (``format``):
 
 Truncated traces (thinking never closed, no final channel, or a ``finish_reason`` column saying
 ``length``) become traces with ``finish_reason="length"``, never errors.
+
+``reasoning=on`` keeps only rows whose reasoning flag is on (the ``reasoning`` column or a
+"detailed thinking on/off" system prompt), as the paper took Nemotron's R1 traces; ``limit`` then
+counts the rows kept. Datasets without a gold answer get one from ``gold.*``
+(:mod:`tracewise.generate.ingest_gold`: joined from another dataset by normalised problem text, or the
+teacher's own answer for agreement-based curation).
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from tracewise.core.store import AppendLog, is_done, mark_done, save_config, sta
 from tracewise.core.tokens import load_tokenizer, span_counts
 from tracewise.core.text import THINK_CLOSE, THINK_OPEN, ParsedTrace, parse_completion, parse_harmony_messages
 from tracewise.core.text import strip_end_markers
+from tracewise.generate.ingest_gold import GoldConfig, GoldIndex, with_gold
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +90,16 @@ class IngestConfig:
     limit: int | None = doc("Read only the first N rows (None = all).", None)
     split: str = doc("Split of a Hugging Face dataset (unused for local files).", "train")
     subset: str = doc("Config name of a Hugging Face dataset ('' = default; unused for local files).", "")
+    reasoning: str = doc("Keep only rows whose reasoning flag is 'on' or 'off' (reasoning column or 'detailed "
+                         "thinking on/off' system prompt); '' = every row.", "")
+    gold: GoldConfig = doc("Gold answers: the row's column (default), joined from another dataset by problem text "
+                           "(gold.source=join gold.path=...), or the teacher's own answer (gold.source=teacher).",
+                           factory=GoldConfig)
+
+    def __post_init__(self) -> None:
+        # YAML reads a bare on/off (reasoning=on on the command line) as a boolean.
+        self.reasoning = {"True": "on", "False": "off", "true": "on", "false": "off"}.get(str(self.reasoning),
+                                                                                          self.reasoning)
 
     def validate(self) -> None:
         if not self.path:
@@ -99,6 +116,12 @@ class IngestConfig:
             raise ValueError(f"ingest.fields: column names must be strings, got {bad}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"ingest.limit must be >= 1, got {self.limit}")
+        if self.reasoning not in ("", "on", "off"):
+            raise ValueError(f"ingest.reasoning: expected 'on', 'off' or '' (all rows), got {self.reasoning!r}")
+        self.gold.validate()
+        if self.gold.source != "column" and "answer" in self.fields:
+            raise ValueError(f"ingest.fields.answer and gold.source={self.gold.source} both say where the gold comes "
+                             "from; give one")
         if self.teacher and not _SAFE_LABEL.match(self.teacher):
             raise ValueError(f"ingest.teacher: {self.teacher!r} must match {_SAFE_LABEL.pattern} "
                              "(curate uses it as a directory name)")
@@ -261,11 +284,6 @@ def parse_row(row: dict, where: str, cfg: IngestConfig, default_teacher: str, so
             cols.get(row, "messages", where)  # raises, naming the field
         fmt = message_format(msgs, cfg.format)
         text, parsed = split_messages(msgs, fmt, where)
-        if fmt == "nemotron":
-            flag = reasoning_flag(cols.get(row, "reasoning", where, required=False), msgs, where,
-                                  strict=cfg.format == "nemotron")
-            if flag is not None:
-                meta["reasoning"] = flag
         samples = [(text, parsed, False)]
     else:
         fmt = cfg.format
@@ -284,6 +302,14 @@ def parse_row(row: dict, where: str, cfg: IngestConfig, default_teacher: str, so
         samples = [(t, split_text(t, fmt, where), f == "length") for t, f in zip(texts, finishes)]
     if fmt == "auto":
         fmt = {"think": "r1", "harmony": "harmony", "plain": "plain"}[samples[0][1].format]
+    if fmt == "nemotron" or cfg.reasoning:
+        flag = reasoning_flag(cols.get(row, "reasoning", where, required=False), msgs or [], where,
+                              strict=cfg.format == "nemotron")
+        if flag is not None:
+            meta["reasoning"] = flag
+        elif cfg.reasoning:
+            raise ValueError(f"{where}: ingest.reasoning={cfg.reasoning} needs each row's reasoning flag: no "
+                             f"'reasoning' column (map one with fields.reasoning=NAME) or 'detailed thinking' prompt")
     meta["ingest_format"] = fmt
     used = {cols.name(row, k) for k in DEFAULT_COLUMNS} | {"level", "subject", "split"}  # those go to the Problem
     for k, v in row.items():
@@ -291,10 +317,11 @@ def parse_row(row: dict, where: str, cfg: IngestConfig, default_teacher: str, so
         if k not in used and short:
             meta[k] = v
     teacher = cfg.teacher or label(cols.get(row, "teacher", where, required=False) or default_teacher)
-    return RowTraces(_problem(row, where, cols, msgs, source), teacher, samples, meta)
+    return RowTraces(_problem(row, where, cols, msgs, source, cfg.gold.source == "column"), teacher, samples, meta)
 
 
-def _problem(row: dict, where: str, cols: _Columns, msgs: list[dict] | None, source: str) -> Problem:
+def _problem(row: dict, where: str, cols: _Columns, msgs: list[dict] | None, source: str,
+             gold_column: bool = True) -> Problem:
     pid = cols.get(row, "id", where)
     question = cols.get(row, "question", where, required=msgs is None or "question" in cols.mapped)
     if question is None:  # conversation datasets carry the question as the user turn
@@ -304,8 +331,8 @@ def _problem(row: dict, where: str, cols: _Columns, msgs: list[dict] | None, sou
     if not isinstance(question, str):
         raise ValueError(f"{where}: question must be a string, got {type(question).__name__}")
     answer_col = cols.name(row, "answer")
-    if "answer" in cols.mapped and answer_col is None:
-        gold = ""  # explicitly no gold column (e.g. Nemotron): verify reports unparseable_gold
+    if not gold_column or ("answer" in cols.mapped and answer_col is None):
+        gold = ""  # no gold column (e.g. Nemotron); gold.source fills it in, else verify reports unparseable_gold
     else:
         raw = cols.get(row, "answer", where)
         if isinstance(raw, (int, float)) and not isinstance(raw, bool):
@@ -321,11 +348,12 @@ def _problem(row: dict, where: str, cols: _Columns, msgs: list[dict] | None, sou
 def run(cfg: IngestConfig) -> Path:
     """Ingest traces; resumable; returns the run directory (``problems.jsonl``, ``traces.jsonl``)."""
     cfg.validate()
-    local = [p for p in (cfg.path, cfg.tokenizer) if Path(p).exists()]
+    local = [p for p in (cfg.path, cfg.tokenizer, cfg.gold.path) if p and Path(p).exists()]
     run_dir = stage_dir(cfg.out, "ingest", cfg, inputs=local)
     if is_done(run_dir):
         log.info("ingest: %s is complete, nothing to do", run_dir)
         return run_dir
+    index = GoldIndex(cfg.gold) if cfg.gold.source == "join" else None  # bad gold data fails before any output
     tokenizer = load_tokenizer(cfg.tokenizer)  # before anything is written: a bad tokenizer leaves no run dir
     fresh = not run_dir.exists()
     save_config(run_dir, cfg)
@@ -339,10 +367,25 @@ def run(cfg: IngestConfig) -> Path:
         first_at: dict[str, str] = {}
         counters: Counter = Counter()  # (teacher, problem id) -> next sample_idx
         pending: list[Trace] = []
+        kept = Counter()  # rows read / kept / dropped, per reason (DONE)
+        # With filters, `limit` counts the rows KEPT: read on (streamed) until that many are.
+        filtering = bool(cfg.reasoning) or cfg.gold.source != "column"
+        read_limit = (1 << 62 if cfg.limit else None) if filtering else cfg.limit
         with progress_bar("ingest", None) as advance:
-            for where, row in iter_rows(cfg.path, split=cfg.split, subset=cfg.subset or None, limit=cfg.limit):
+            for where, row in iter_rows(cfg.path, split=cfg.split, subset=cfg.subset or None, limit=read_limit):
+                if cfg.limit is not None and kept["rows_kept"] >= cfg.limit:
+                    break
+                kept["rows_read"] += 1
+                advance(1)
                 rt = parse_row(row, where, cfg, default_teacher, source)
-                p = rt.problem
+                if cfg.reasoning and rt.meta.get("reasoning") != cfg.reasoning:
+                    kept[f"dropped_reasoning_{rt.meta.get('reasoning')}"] += 1
+                    continue
+                p = with_gold(rt.problem, rt.samples, rt.teacher, cfg.gold, index, problems.get(rt.problem.id))
+                if p is None:
+                    kept["dropped_no_gold"] += 1
+                    continue
+                kept["rows_kept"] += 1
                 known = problems.get(p.id)
                 if known is None:
                     problems[p.id], first_at[p.id] = p, where
@@ -357,7 +400,6 @@ def run(cfg: IngestConfig) -> Path:
                 if len(pending) >= BATCH:
                     store.append(pending)
                     pending = []
-                advance(1)
         store.append(pending)
         if not problems:
             raise ValueError(f"{cfg.path}: no rows found (empty)")
@@ -376,6 +418,8 @@ def run(cfg: IngestConfig) -> Path:
         "n_truncated": sum(t.finish_reason == "length" for t in traces),
         "formats": dict(sorted(Counter(t.format for t in traces).items())),
     }
+    if filtering:  # what the reasoning filter and the gold source dropped
+        manifest.update(sorted(kept.items()), gold_source=cfg.gold.source, **(dict(index.stats) if index else {}))
     mark_done(run_dir, manifest)
     log.info("ingest: %d traces of %d problems from %s in %s", manifest["n_traces"], len(problems), cfg.path, run_dir)
     return run_dir

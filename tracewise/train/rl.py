@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tracewise.backends.vllm import VLLMConfig
 from tracewise.core.config import doc
 from tracewise.core.fingerprint import model_input
 from tracewise.core.store import is_done, last_complete_checkpoint, mark_done, save_config, stage_dir
@@ -43,6 +44,18 @@ log = logging.getLogger(__name__)
 
 ALGORITHMS = ("grpo", "rloo")
 GRPO_LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo")
+SCALE_REWARDS = ("group", "batch", "none")
+# What `train rl` passes to TRL when a key is left unset, so no run depends on TRL's defaults (they changed
+# across versions: GRPO's loss_type bnpo -> dapo, scale_rewards True -> "group", beta 0.04 -> 0.0):
+# * loss_type "dapo": token losses averaged over the batch's tokens. "grpo" (per-sequence mean) gives a
+#   short completion's tokens larger gradients than a long one's, a length bias of its own that would
+#   confound a length-penalty study.
+# * scale_rewards "group": advantages divided by the group's reward std (GRPO as published).
+# * RLOO: leave-one-out baseline, advantages not normalised (TRL's normalize_advantages=False).
+# beta means different things per algorithm in TRL: GRPO adds beta * per-token KL to the LOSS; RLOO
+# subtracts beta * the sequence KL from the REWARD (before the leave-one-out baseline), as Arora & Zanette.
+GRPO_DEFAULTS = {"loss_type": "dapo", "scale_rewards": "group"}
+RLOO_DEFAULTS = {"normalize_advantages": False}
 # An HF hub id ("gpt2", "Qwen/Qwen2.5-0.5B"); anything else (several slashes, ./, /, ~), or a name whose
 # first part is a local directory ("runs/sft-x"), is a local path.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -73,14 +86,17 @@ class RLRunConfig:
                          "dir holds is an error).", 100, hash=False)
     learning_rate: float = doc("Learning rate (AdamW, constant after warmup); raise it for tiny students.", 1e-6)
     warmup_steps: int = doc("Linear warmup steps before the constant learning rate.", 0)
-    beta: float = doc("KL coefficient against the starting policy (the paper: 1e-3; 0 = no reference model).", 1e-3)
+    beta: float = doc("KL coefficient against the starting policy (the paper: 1e-3; 0 = no reference model). grpo: "
+                      "beta * KL is added to the loss; rloo: beta * KL is subtracted from the reward.", 1e-3)
     temperature: float = doc("Sampling temperature (the paper: 0.6).", 0.6)
     top_p: float = doc("Nucleus sampling mass.", 1.0)
     max_completion_length: int = doc("Longest completion sampled, in tokens (longer ones are truncated).", 512)
     epsilon: float = doc("PPO-style clipping range of the importance ratio.", 0.2)
     num_iterations: int = doc("Optimisation passes per generated batch (μ).", 1)
-    loss_type: str | None = doc(f"GRPO loss aggregation {list(GRPO_LOSS_TYPES)}; None = TRL's default "
-                                "(grpo only).", None)
+    loss_type: str | None = doc(f"GRPO loss aggregation {list(GRPO_LOSS_TYPES)} (grpo only); None = "
+                                f"{GRPO_DEFAULTS['loss_type']!r}, passed to TRL explicitly.", None)
+    scale_rewards: str | None = doc(f"GRPO advantage scaling {list(SCALE_REWARDS)} (grpo only); None = "
+                                    f"{GRPO_DEFAULTS['scale_rewards']!r}, passed to TRL explicitly.", None)
     mask_truncated_completions: bool = doc("Leave truncated completions out of the loss (DAPO).", False)
     seed: int = doc("Seed for data order and sampling.", 0)
     logging_steps: int = doc("Log rewards and lengths every N steps.", 1, hash=False)
@@ -89,7 +105,10 @@ class RLRunConfig:
     bf16: bool | None = doc("bf16 mixed precision; None = on when CUDA is available.", None)
     use_vllm: bool | None = doc("Generate with vLLM (colocated); None = on when CUDA is available and vllm is "
                                 "importable.", None)
-    vllm_gpu_memory_utilization: float = doc("GPU memory share vLLM may take when colocated.", 0.3, hash=False)
+    vllm: VLLMConfig = doc("vLLM (colocated, one engine per training process): gpu_memory_utilization (default 0.3: "
+                           "training needs the rest), tensor_parallel_size, max_model_len (None = longest prompt + "
+                           "max_completion_length, never the model config's context).",
+                           factory=lambda: VLLMConfig(gpu_memory_utilization=0.3), hash=False)
     gradient_checkpointing: bool = doc("Trade compute for memory (large models).", False)
     threads: int = doc(THREADS_HELP, 0, hash=False)
     trust_remote_code: bool = doc("Run Python code shipped with the model or tokenizer (HF auto_map); off unless you pass it.", False, hash=False)
@@ -124,8 +143,7 @@ class RLRunConfig:
                              f"multiple of num_generations ({self.num_generations}) so no prompt's group is split")
         checks = [("learning_rate", self.learning_rate > 0), ("beta", self.beta >= 0),
                   ("temperature", self.temperature > 0), ("top_p", 0 < self.top_p <= 1),
-                  ("epsilon", self.epsilon > 0), ("warmup_steps", self.warmup_steps >= 0),
-                  ("vllm_gpu_memory_utilization", 0 < self.vllm_gpu_memory_utilization <= 1)]
+                  ("epsilon", self.epsilon > 0), ("warmup_steps", self.warmup_steps >= 0)]
         for name, ok in checks:
             value = getattr(self, name)
             if not ok or not math.isfinite(value):
@@ -135,6 +153,18 @@ class RLRunConfig:
                 raise ValueError("train.rl.loss_type applies to algorithm 'grpo' only; leave it unset for 'rloo'")
             if self.loss_type not in GRPO_LOSS_TYPES:
                 raise ValueError(f"train.rl.loss_type: expected one of {list(GRPO_LOSS_TYPES)}, got {self.loss_type!r}")
+        if self.scale_rewards is not None:
+            if self.algorithm != "grpo":
+                raise ValueError("train.rl.scale_rewards applies to algorithm 'grpo' only; leave it unset for 'rloo'")
+            if self.scale_rewards not in SCALE_REWARDS:
+                raise ValueError(f"train.rl.scale_rewards: expected one of {list(SCALE_REWARDS)}, "
+                                 f"got {self.scale_rewards!r}")
+        self.vllm.validate()
+        unused = {k: v for k, v in vars(self.vllm).items()
+                  if k in ("data_parallel_size", "dtype", "enforce_eager", "chunk_size") and v != getattr(VLLMConfig(), k)}
+        if unused:
+            raise ValueError(f"train.rl.vllm: {sorted(unused)} cannot be set for colocated vLLM (TRL builds one engine "
+                             "per training process; more processes = accelerate launch --num_processes)")
         if self.use_vllm and importlib.util.find_spec("vllm") is None:
             raise ValueError("train.rl.use_vllm=true but vllm is not installed")
         self.problems.validate()
@@ -248,8 +278,10 @@ def _use_vllm(cfg: RLRunConfig, cuda: bool) -> bool:
     return cfg.use_vllm
 
 
-def trainer_args(cfg: RLRunConfig, output_dir: str, weights: list[float]):
-    """The TRL ``GRPOConfig``/``RLOOConfig`` for this run (field names as in TRL 1.16)."""
+def trainer_args(cfg: RLRunConfig, output_dir: str, weights: list[float], max_model_len: int | None = None):
+    """The TRL ``GRPOConfig``/``RLOOConfig`` for this run (field names as in TRL 1.16). Every setting the
+    paper's recipe depends on is passed explicitly (see GRPO_DEFAULTS / RLOO_DEFAULTS).
+    ``max_model_len``: vLLM's context when ``cfg.vllm.max_model_len`` is unset (from the data)."""
     import torch
     from trl import GRPOConfig, RLOOConfig
 
@@ -290,12 +322,38 @@ def trainer_args(cfg: RLRunConfig, output_dir: str, weights: list[float]):
         disable_tqdm=True,
     )
     if vllm:
-        kwargs.update(vllm_mode="colocate", vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization)
+        kwargs.update(vllm_mode="colocate", vllm_gpu_memory_utilization=cfg.vllm.gpu_memory_utilization,
+                      vllm_tensor_parallel_size=cfg.vllm.tensor_parallel_size,
+                      vllm_max_model_length=cfg.vllm.max_model_len or max_model_len)
     if cfg.algorithm == "grpo":
-        if cfg.loss_type is not None:
-            kwargs["loss_type"] = cfg.loss_type
+        kwargs.update(loss_type=cfg.loss_type or GRPO_DEFAULTS["loss_type"],
+                      scale_rewards=cfg.scale_rewards or GRPO_DEFAULTS["scale_rewards"])
         return GRPOConfig(**kwargs)
-    return RLOOConfig(**kwargs)
+    return RLOOConfig(**kwargs, **RLOO_DEFAULTS)
+
+
+def vllm_context(cfg: RLRunConfig, tokenizer, dataset) -> int:
+    """vLLM's context for RL generation: the longest templated prompt + max_completion_length, so a
+    model whose config declares a huge context (Mistral-Nemo: 1,024,000) never sizes vLLM by it."""
+    texts = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in dataset["prompt"]]
+    longest = max(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
+    return longest + cfg.max_completion_length
+
+
+def load_policy(model_path: str, trust_remote_code: bool):
+    """Tokenizer and policy, the policy in float32 master weights whatever dtype the checkpoint was saved
+    in (transformers 5 loads the saved dtype by default: a bf16 SFT checkpoint would train in pure bf16,
+    where lr-1e-6 updates round away); bf16 mixed precision is TRL's autocast on top."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(model_path, trust_remote_code=trust_remote_code,
+                                                     dtype=torch.float32)
+    except Exception as e:
+        raise ValueError(f"{model_path}: not a causal LM with a tokenizer ({type(e).__name__}: {e})") from None
+    return tokenizer, model
 
 
 def _done_steps(run_dir: Path) -> int:
@@ -334,7 +392,6 @@ def run(cfg: RLRunConfig, callbacks: list | None = None) -> Path:
     ``callbacks``: extra ``transformers.TrainerCallback`` objects (e.g. timers in benchmarks).
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cfg.validate()
     model_path = resolve_model(cfg.model)
@@ -353,11 +410,7 @@ def run(cfg: RLRunConfig, callbacks: list | None = None) -> Path:
         (run_dir / "DONE").unlink()
     cfg = dataclasses.replace(cfg, threads=use_threads(cfg.threads))  # the number it ran with, in config.yaml
     dataset = load_prompts(cfg.problems)  # bad golds fail here, before anything is written
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code)
-    except Exception as e:
-        raise ValueError(f"{cfg.model}: not a causal LM with a tokenizer ({type(e).__name__}: {e})") from None
+    tokenizer, model = load_policy(model_path, cfg.trust_remote_code)
     tokenizer.padding_side = "left"
     eos_ids = eos_token_ids(tokenizer, model)
     funcs, weights = build_reward_funcs(cfg.rewards, eos_ids, cfg.num_generations)
@@ -365,7 +418,8 @@ def run(cfg: RLRunConfig, callbacks: list | None = None) -> Path:
     save_config(run_dir, cfg)
     (run_dir / "experiment.txt").write_text(cfg.experiment or _default_experiment(model_path))
     ckpt_root = run_dir / "checkpoints"
-    args = trainer_args(cfg, str(ckpt_root), weights)
+    context = vllm_context(cfg, tokenizer, dataset) if _use_vllm(cfg, torch.cuda.is_available()) else None
+    args = trainer_args(cfg, str(ckpt_root), weights, max_model_len=context)
     from trl import GRPOTrainer, RLOOTrainer
 
     trainer_cls = GRPOTrainer if cfg.algorithm == "grpo" else RLOOTrainer

@@ -120,6 +120,9 @@ class LLMJudgeConfig:
                      "extracted answer) or 'full' (the whole trace).", "answer")
     chat: bool = doc("Send the prompt as a chat message (the model's chat template) rather than raw text.", True)
     max_tokens: int = doc("Judge tokens per request (thinking judges need thousands).", 4096)
+    retry_max_tokens: int = doc("An output cut off (finish 'length') before any verdict is asked again ONCE with this "
+                                "budget; 0 = never. Backends seed each request by its id, so the retry continues "
+                                "the same sample: only the cut-off outputs pay for the longer budget.", 0)
     temperature: float = doc("Judge sampling temperature (0 = greedy).", 0.0)
     top_p: float = doc("Judge nucleus sampling.", 1.0)
     seed: int = doc("Judge sampling seed.", 0)
@@ -144,6 +147,9 @@ class LLMJudgeConfig:
         for name in ("max_tokens", "batch_size", "flush_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"verify.judge.{name} must be >= 1, got {getattr(self, name)}")
+        if self.retry_max_tokens and self.retry_max_tokens <= self.max_tokens:
+            raise ValueError(f"verify.judge.retry_max_tokens ({self.retry_max_tokens}) must be 0 (off) or larger "
+                             f"than max_tokens ({self.max_tokens})")
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             raise ValueError("verify.judge: temperature must be >= 0 and top_p in (0, 1]")
 
@@ -195,18 +201,21 @@ class LLMJudge:
 
     def __call__(self, items: list[JudgeItem]) -> list[JudgeResult | None]:
         """Results in the items' order; ``None`` where the backend gave up on a request (e.g. an
-        endpoint failing past its retries): the caller stores nothing for it, so a rerun asks again."""
-        from tracewise.backends.base import SamplingParams
-
+        endpoint failing past its retries): the caller stores nothing for it, so a rerun asks again.
+        Outputs cut off before a verdict are asked again once at ``retry_max_tokens`` (if set)."""
         if not items:
             return []
-        sampling = SamplingParams(n=1, temperature=self.cfg.temperature, top_p=self.cfg.top_p,
-                                  max_tokens=self.cfg.max_tokens, seed=self.cfg.seed)
         requests = [self.request(i) for i in items]
-        got = {}
-        for batch in self.backend.generate(requests, sampling):
-            for c in batch:
-                got[c.request_id] = c
+        got = self._ask(requests, self.cfg.max_tokens)
+        cut = [r for r in requests if r.id in got and got[r.id].finish_reason == "length"
+               and parse_verdict(got[r.id].text) is None]
+        retried: set[str] = set()
+        if cut and self.cfg.retry_max_tokens:
+            log.info("judge: %d of %d outputs were cut off at %d tokens before a verdict; asking them again at %d",
+                     len(cut), len(requests), self.cfg.max_tokens, self.cfg.retry_max_tokens)
+            again = self._ask(cut, self.cfg.retry_max_tokens)
+            got.update(again)
+            retried = set(again)
         out: list[JudgeResult | None] = []
         for r in requests:
             c = got.get(r.id)
@@ -214,9 +223,24 @@ class LLMJudge:
                 out.append(None)
                 continue
             meta = {"judge_model": self.cfg.model, "judge_tokens": c.n_tokens, "judge_finish": c.finish_reason}
+            if r.id in retried:
+                meta["judge_retried"] = True
             out.append(JudgeResult(parse_verdict(c.text), c.text, meta))
         n_none = sum(o is not None and o.correct is None for o in out)
         if n_none:
-            log.warning("judge: %d of %d outputs had no parseable verdict (raw outputs kept in verdicts)",
-                        n_none, len(out))
+            n_cut = sum(o is not None and o.correct is None and o.meta["judge_finish"] == "length" for o in out)
+            log.warning("judge: %d of %d outputs had no parseable verdict, %d of them cut off at the token budget "
+                        "(raw outputs kept in verdicts; raise judge.max_tokens / judge.retry_max_tokens if that "
+                        "share is large)", n_none, len(out), n_cut)
         return out
+
+    def _ask(self, requests, max_tokens: int) -> dict:
+        from tracewise.backends.base import SamplingParams
+
+        sampling = SamplingParams(n=1, temperature=self.cfg.temperature, top_p=self.cfg.top_p,
+                                  max_tokens=max_tokens, seed=self.cfg.seed)
+        got = {}
+        for batch in self.backend.generate(requests, sampling):
+            for c in batch:
+                got[c.request_id] = c
+        return got
