@@ -22,8 +22,8 @@ from tracewise.records import Problem, Sample
 from tracewise.store import AppendLog, is_done, mark_done, save_config, stage_dir
 from tracewise.tokens import THINK_CLOSE, n_tokens
 from tracewise.traces import parse_completion
-from tracewise.verify import VerifyResult, verify
-from tracewise.verify_pool import DEFAULT_TIMEOUT_S, verify_many
+from tracewise.verify import VerifyResult
+from tracewise.verify_pool import DEFAULT_TIMEOUT_S, verify_bounded, verify_many
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def completion_to_sample(c: Completion, problem: Problem, experiment: str, bench
     into thinking and answer."""
     parsed = parse_completion(c.text)
     truncated = c.finish_reason == "length"
-    result = result or verify(c.text, problem.answer, truncated=truncated)
+    result = result or verify_bounded(c.text, problem.answer, truncated=truncated)
     if "n_thinking_tokens" in c.meta:  # a control counted them (markers it inserted are not generated)
         n_think = int(c.meta["n_thinking_tokens"])
     else:

@@ -347,17 +347,55 @@ def _close_shared() -> None:
     _SHARED.clear()
 
 
+class _Deadline(BaseException):
+    """Raised by the alarm of :func:`_judge_in_process`; a BaseException so that no ``except Exception``
+    inside verify or math-verify swallows it (and caches a verdict for an unfinished comparison)."""
+
+
+def _judge_in_process(gold_s: str, pred: str | None, status: str, timeout_s: float) -> VerifyResult:
+    """:func:`judge_prepared` in this process's main thread, cut off after ``timeout_s`` by SIGALRM."""
+    import signal
+
+    def _alarm(signum, frame):
+        raise _Deadline()
+
+    previous = signal.signal(signal.SIGALRM, _alarm)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, timeout_s)
+        try:
+            return judge_prepared(gold_s, pred, status)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+    except _Deadline:
+        log.warning("verify: a comparison exceeded %.1f s in process; counted as wrong", timeout_s)
+        return VerifyResult(False, "wrong", pred, timed_out=True)
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+
+
 def verify_many(items: Iterable[tuple[Any, Any, bool]], workers: int | None = None,
                 timeout_s: float = DEFAULT_TIMEOUT_S) -> list[VerifyResult]:
-    """Verify ``(completion_text, gold, truncated)`` triples in a process pool; never raises on input.
+    """Verify ``(completion_text, gold, truncated)`` triples, each comparison within ``timeout_s``.
 
-    ``workers=0`` runs in this process with :func:`tracewise.verify.verify` (no hard time bound:
-    for debugging). Otherwise a per-process shared :class:`VerifyPool` is used, so the cache and
-    the warm workers carry over between calls.
+    Never raises on input. By default a per-process shared :class:`VerifyPool` is used, so the
+    cache and the warm workers carry over between calls. ``workers=0`` runs in this process (no
+    worker startup; for debugging and small runs) and is still bounded: from the main thread each
+    comparison runs under a SIGALRM deadline; from any other thread (where signals cannot be
+    delivered) it falls back to a one-worker shared pool.
     """
+    if timeout_s <= 0:
+        raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
     items = list(items)
     if workers == 0:
-        from tracewise.verify import verify
+        import signal
 
-        return [verify(t, g, truncated=bool(tr)) for t, g, tr in items]
+        if threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer"):
+            return [_judge_in_process(*prepare(t, g, truncated=bool(tr)), timeout_s) for t, g, tr in items]
+        workers = 1
     return shared_pool(workers, timeout_s).verify_many(items)
+
+
+def verify_bounded(completion_text: Any, gold: Any, truncated: bool = False,
+                   timeout_s: float = DEFAULT_TIMEOUT_S) -> VerifyResult:
+    """One deadline-bounded verdict through the shared pool (callers that score model text one at a time)."""
+    return verify_many([(completion_text, gold, truncated)], timeout_s=timeout_s)[0]
