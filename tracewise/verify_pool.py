@@ -9,7 +9,8 @@ guards cannot prove that every sympy simplification is fast, so batches go throu
   processes; the parent waits on the workers' pipes with a deadline per task, and a worker that
   misses it is SIGKILLed and replaced. No signals are involved in the caller, so this works from
   any thread, and workers are ordinary (non-daemon) processes, so it works inside worker processes;
-* results are cached by ``(gold, pred, status)`` (the pair, plus whether it was compared at all),
+* results are cached by ``(gold, pred, status, parts)`` (the pair, whether it was compared at all,
+  and the other boxes of a multi-box answer),
   and each distinct gold is checked once: a gold that cannot be parsed in time is
   ``unparseable_gold`` for every trace, without paying the deadline again per trace;
 * workers cap their address space (``memory_mb``), so a ``9^{9^{9^9}}`` that escapes the guards
@@ -268,7 +269,7 @@ class VerifyPool:
 
     def __init__(self, workers: int | None = None, timeout_s: float = DEFAULT_TIMEOUT_S,
                  memory_mb: int = DEFAULT_MEMORY_MB, cache_size: int = CACHE_SIZE,
-                 judge_fn: Callable[[str, str | None, str], VerifyResult] = judge_prepared):
+                 judge_fn: Callable[..., VerifyResult] = judge_prepared):
         self.pool = DeadlinePool(workers, timeout_s, memory_mb)
         self.judge_fn = judge_fn
         self.cache_size = cache_size
@@ -294,14 +295,14 @@ class VerifyPool:
         """``[(completion_text, gold, truncated), ...]`` → one :class:`VerifyResult` each, in order."""
         prepared = [prepare(text, gold, truncated=bool(trunc)) for text, gold, trunc in items]
         with self._lock:
-            golds = sorted({g for g, _, _ in prepared} - set(self._gold))
+            golds = sorted({key[0] for key in prepared} - set(self._gold))
             if golds:
                 oks = self.pool.map(_gold_ok, [(g,) for g in golds], on_timeout=False, on_error=lambda m: False)
                 self._gold.update(zip(golds, oks))
             out: list[VerifyResult | None] = [None] * len(prepared)
             todo: dict[tuple, list[int]] = {}
             for i, key in enumerate(prepared):
-                gold_s, pred, status = key
+                gold_s, pred, status, _parts = key
                 if not self._gold[gold_s]:
                     out[i] = VerifyResult(False, "unparseable_gold", None)
                 elif status != "compare":
@@ -352,7 +353,7 @@ class _Deadline(BaseException):
     inside verify or math-verify swallows it (and caches a verdict for an unfinished comparison)."""
 
 
-def _judge_in_process(gold_s: str, pred: str | None, status: str, timeout_s: float) -> VerifyResult:
+def _judge_in_process(gold_s: str, pred: str | None, status: str, parts: tuple, timeout_s: float) -> VerifyResult:
     """:func:`judge_prepared` in this process's main thread, cut off after ``timeout_s`` by SIGALRM."""
     import signal
 
@@ -363,7 +364,7 @@ def _judge_in_process(gold_s: str, pred: str | None, status: str, timeout_s: flo
     try:
         signal.setitimer(signal.ITIMER_REAL, timeout_s)
         try:
-            return judge_prepared(gold_s, pred, status)
+            return judge_prepared(gold_s, pred, status, parts)
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
     except _Deadline:
