@@ -78,6 +78,22 @@ def test_verify_many_in_process_has_a_deadline(monkeypatch) -> None:
     time.sleep(0.7)
 
 
+def test_verify_many_in_process_keeps_a_callers_alarm() -> None:
+    import signal
+
+    fired: list[int] = []
+    previous = signal.signal(signal.SIGALRM, lambda *a: fired.append(1))
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 30.0)
+        assert verify_many([("Answer: 1", "1", False)], workers=0, timeout_s=5)[0].correct
+        remaining, _ = signal.getitimer(signal.ITIMER_REAL)
+        assert 0 < remaining <= 30.0 and not fired
+        assert signal.getsignal(signal.SIGALRM) is not None and signal.getsignal(signal.SIGALRM) != previous
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 @pytest.fixture(scope="module")
 def _stall_pool():
     from test_verify_fuzz import stall  # hangs on pred "stall"

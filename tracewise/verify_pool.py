@@ -361,8 +361,10 @@ def _judge_in_process(gold_s: str, pred: str | None, status: str, parts: tuple, 
         raise _Deadline()
 
     previous = signal.signal(signal.SIGALRM, _alarm)
+    started = time.monotonic()
+    outer = (0.0, 0.0)
     try:
-        signal.setitimer(signal.ITIMER_REAL, timeout_s)
+        outer = signal.setitimer(signal.ITIMER_REAL, timeout_s)  # a caller's own timer, if any
         try:
             return judge_prepared(gold_s, pred, status, parts)
         finally:
@@ -372,6 +374,8 @@ def _judge_in_process(gold_s: str, pred: str | None, status: str, parts: tuple, 
         return VerifyResult(False, "wrong", pred, timed_out=True)
     finally:
         signal.signal(signal.SIGALRM, previous)
+        if outer[0] > 0:  # give the caller's timer back what is left of it
+            signal.setitimer(signal.ITIMER_REAL, max(outer[0] - (time.monotonic() - started), 1e-3), outer[1])
 
 
 def verify_many(items: Iterable[tuple[Any, Any, bool]], workers: int | None = None,
