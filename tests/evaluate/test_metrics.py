@@ -43,9 +43,47 @@ def test_pass_at_k_rejects_bad_arguments(n: int, c: int, k: int) -> None:
         pass_at_k(n, c, k)
 
 
-def test_maj_at_k_tie_goes_to_first_occurrence() -> None:
-    assert maj_at_k(["a", "b", "b", "a"], [False, True, True, False], 4) == 0.0
-    assert maj_at_k(["b", "a", "a", "b"], [True, False, False, True], 4) == 1.0
+def test_maj_at_k_tie_counts_the_fraction_of_tied_answers_that_are_correct() -> None:
+    # 2-2 between a wrong "a" and a right "b": a random tie-break is right half the time, in any order.
+    assert maj_at_k(["a", "b", "b", "a"], [False, True, True, False], 4) == 0.5
+    assert maj_at_k(["b", "a", "a", "b"], [True, False, False, True], 4) == 0.5
+    assert maj_at_k(["a", "b", "c"], [False, True, True], 3) == pytest.approx(2 / 3)
+
+
+# The case: five samples, answers 42 42 42 7 7 with verdicts F T T F F, and the first 42 was
+# truncated (its "42" was found mid-thought; verify marks it wrong). Hand count: the truncated one
+# does not vote, so 42 (right) and 7 (wrong) have two votes each -> a tie -> 0.5. Before, 42 won 3-2
+# and took the verdict of its first occurrence: 0.0 as listed, 1.0 once the truncated one moved later.
+MAJ_TABLE = [
+    # (answers, verdicts, truncated, expected maj@k)
+    (["42", "42", "42", "7", "7"], [False, True, True, False, False], [True, False, False, False, False], 0.5),
+    # without a tie: 42 has 2 votes (1 truncated 42 cannot vote), 7 has 1 -> 42, right
+    (["42", "42", "42", "7"], [False, True, True, False], [True, False, False, False], 1.0),
+    # two of three 7s truncated: 7 has 1 vote, 42 has 2 -> 42 (right), although 7 appears most often
+    (["7", "7", "7", "42", "42"], [False, False, False, True, True], [True, True, False, False, False], 1.0),
+    # every sample truncated: nobody votes
+    (["5", "5"], [False, False], [True, True], 0.0),
+]
+
+
+@pytest.mark.parametrize("preds,correct,truncated,expected", MAJ_TABLE)
+def test_maj_at_k_truncated_samples_do_not_vote_and_order_does_not_matter(preds, correct, truncated, expected):
+    import itertools
+
+    rows = list(zip(preds, correct, truncated))
+    for perm in set(itertools.permutations(rows)):
+        p, c, t = (list(x) for x in zip(*perm))
+        assert maj_at_k(p, c, len(p), t) == pytest.approx(expected), perm
+
+
+def test_summarize_maj_ignores_truncated_samples() -> None:
+    # One problem, the five samples; the truncated one carries finish_reason="length".
+    answers, verdicts = ["42", "42", "42", "7", "7"], [False, True, True, False, False]
+    for first in (0, 4):  # the truncated sample first, then last: same maj
+        order = [0, 1, 2, 3, 4] if first == 0 else [1, 2, 0, 3, 4]
+        samples = [make_sample("p", i, verdicts[j], 10, pred=answers[j], finish="length" if j == 0 else "stop")
+                   for i, j in enumerate(order)]
+        assert summarize(samples, "e", "b").maj_at_8 == pytest.approx(0.5)
 
 
 def test_maj_at_k_clear_majority_and_first_k_only() -> None:

@@ -176,3 +176,85 @@ def test_adversarial_inputs_return_quickly_without_raising() -> None:
 def test_wrong_types_never_raise(text: object, gold: object) -> None:
     result = verify(text, gold)  # type: ignore[arg-type]
     assert not result.correct and result.reason in VERDICT_REASONS
+
+
+# ---------------------------------------------------------------- decisions where tracewise and math-verify differ
+# Each documented in tracewise.verify's module docstring; the regression table is test_verify_regression.py.
+
+
+def test_self_correction_the_last_box_is_the_answer() -> None:
+    text = "So $x = \\boxed{5}$. That is wrong; recomputing, $x = \\boxed{7}$."
+    assert verify(text, "7") == VerifyResult(True, "correct", "7")
+    assert verify(text, "5") == VerifyResult(False, "wrong", "7")
+
+
+@pytest.mark.parametrize("text,gold,correct,pred", [
+    ("$\\boxed{(2, 2)} \\quad and \\quad \\boxed{(6, 2)}$", "(2, 2), (6, 2)", True, "(2, 2), (6, 2)"),
+    ("$\\boxed{1},\\boxed{2},\\boxed{3}$", "\\{1,2,3\\}", True, "1, 2, 3"),
+    ("$\\boxed{1},\\boxed{2},\\boxed{3}$", "{1,2,3}", True, "1, 2, 3"),
+    ("So $x = \\boxed{2}$ or $x = \\boxed{-2}$.", "\\pm 2", True, "2, -2"),
+    ("$\\boxed{3},\\boxed{1},\\boxed{2}$", "1, 2, 3", True, "3, 1, 2"),  # a set: order is free
+    ("$\\boxed{1}$ and $\\boxed{2}$", "1, 2, 3", False, "1, 2"),  # a part missing
+    ("$\\boxed{(2, 2)}$ and $\\boxed{(6, 3)}$", "(2, 2), (6, 2)", False, "(2, 2), (6, 3)"),
+    # a box before prose is not part of the final run
+    ("$\\boxed{1}$. Checking again, the roots are $\\boxed{2}$ and $\\boxed{3}$.", "2, 3", True, "2, 3"),
+    ("$\\boxed{1}$. Checking again, the roots are $\\boxed{2}$ and $\\boxed{3}$.", "1, 2, 3", False, "2, 3"),
+    # a box that is itself a list is not combined with others: the last box is the answer
+    ("$\\boxed{4}$ and $\\boxed{1, 2, 3}$", "1, 2, 3", True, "1, 2, 3"),
+])
+def test_multi_part_gold_compares_the_set_of_boxes(text: str, gold: str, correct: bool, pred: str) -> None:
+    result = verify(text, gold)
+    assert (result.correct, result.pred) == (correct, pred)
+
+
+@pytest.mark.parametrize("gold,correct", [("3", False), ("4", True)])
+def test_hedge_gets_no_credit_for_a_gold_that_is_not_the_last_box(gold: str, correct: bool) -> None:
+    assert verify("The answer is $\\boxed{3}$ or $\\boxed{4}$.", gold) == \
+        VerifyResult(correct, "correct" if correct else "wrong", "4")
+
+
+@pytest.mark.parametrize("text,gold,correct", [
+    ("The clocks agree at $\\boxed{12:00}$.", "12:00", True),
+    ("Answer: 12 : 00", "12:00", True),  # whitespace does not matter
+    ("The clocks agree at $\\boxed{1:00}$.", "12:00", False),
+])
+def test_identical_text_is_the_same_answer(text: str, gold: str, correct: bool) -> None:
+    assert verify(text, gold).correct is correct
+
+
+@pytest.mark.parametrize("pred,correct", [
+    ("F_n = \\sum_{k=0}^{n-1} F_k F_{n-k-1}", True),
+    ("F_n = \\sum_{k=0}^{n-1} F_{n-k-1} F_k", True),
+    ("F_n = \\sum_{k=0}^{n-2} F_k F_{n-k-2}", False),
+])
+def test_gold_with_a_sum_and_subscripts_is_usable(pred: str, correct: bool) -> None:
+    gold = "F_n = \\sum_{k=0}^{n-1} F_k F_{n-k-1}"
+    assert parse_gold_ok(gold)
+    assert verify(f"$\\boxed{{{pred}}}$", gold).correct is correct
+
+
+def test_small_numeric_sums_are_compared_and_huge_ones_refused() -> None:
+    assert verify("\\boxed{385}", "\\sum_{k=1}^{10} k^2").correct
+    assert not parse_gold_ok("\\sum_{k=1}^{100000} \\sin(k)")
+    assert not parse_gold_ok("\\prod_{k=1}^{10^{9}} k")
+
+
+@pytest.mark.parametrize("text,gold,correct", [
+    ("$\\boxed{21,16 \\text{ or } 11}$", "21,16,11", True),
+    ("$\\boxed{21, 16, 11}$", "21,16 or 11", True),
+    ("$\\boxed{19, 46, \\text{ and } 82}$", "19, 46, and 82", True),
+    ("$\\boxed{21, 36, \\text{ and } 82}$", "19, 46, and 82", False),
+    ("$\\boxed{2 \\text{ and } 3}$", "2, 3", True),
+    ("The ages are $\\boxed{21}, \\boxed{16}$ or $\\boxed{11}$.", "21,16 or 11", True),  # one box per part
+    ("The ages are $\\boxed{21}, \\boxed{16}$ or $\\boxed{12}$.", "21,16 or 11", False),
+])
+def test_answer_sets_written_with_or_and(text: str, gold: str, correct: bool) -> None:
+    assert verify(text, gold).correct is correct
+
+
+@pytest.mark.parametrize("gold", ["\\$32,\\!348", "\\$18.90", "\\$36"])
+def test_currency_golds_are_usable(gold: str) -> None:
+    # Three MATH-500 golds; they were unparseable_gold, so every answer to them counted wrong.
+    assert parse_gold_ok(gold)
+    assert verify(f"The total is $\\boxed{{{gold}}}$.", gold).correct
+    assert verify("\\boxed{" + gold.replace("\\$", "") + "}", gold).correct

@@ -120,12 +120,12 @@ def test_pool_agrees_with_in_process_verify() -> None:
         ["correct", "wrong", "truncated", "no_answer", "unparseable_gold", "truncated", "wrong"]
 
 
-def stall(gold: str, pred: str | None, status: str) -> VerifyResult:
+def stall(gold: str, pred: str | None, status: str, parts: tuple = ()) -> VerifyResult:
     """A judge that never returns on one input (a stand-in for a sympy simplification that never ends)."""
     if pred == "stall":
         while True:
             time.sleep(0.1)
-    return judge_prepared(gold, pred, status)
+    return judge_prepared(gold, pred, status, parts)
 
 
 def _stalling_batch(pool: VerifyPool) -> tuple[list[VerifyResult], float]:

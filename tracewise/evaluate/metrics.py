@@ -61,26 +61,40 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
 
 
-def maj_at_k(preds: Sequence[str | None], correct: Sequence[bool], k: int) -> float:
-    """1.0 if the majority answer among the first ``k`` samples is correct, else 0.0.
+def maj_at_k(preds: Sequence[str | None], correct: Sequence[bool], k: int,
+             truncated: Sequence[bool] | None = None) -> float:
+    """Majority vote over the first ``k`` samples: the expected correctness of the voted answer.
 
-    Samples with no extracted answer (``None``) do not vote; if none vote the result is 0.0.
-    Ties go to the answer that occurs first among the first ``k`` samples, so the result does not
-    depend on dict or set ordering. Answers are compared as strings, so the correctness of the
-    voted answer is that of its first occurrence (equal strings get equal verdicts).
+    Only samples with a final answer vote: a sample whose answer is ``None`` or that was
+    ``truncated`` (hit the token limit; its ``pred`` is whatever verify found anywhere in the
+    unfinished text, not a final answer) casts no vote. If none vote the result is 0.0.
+    Answers are compared as strings; an answer counts as correct when any of its votes was judged
+    correct (equal strings get equal verdicts; only a comparison that missed its deadline can
+    differ). A tie between answers is broken uniformly at random, in expectation: the result is
+    the fraction of the tied answers that are correct (a 2-2 tie between a right and a wrong
+    answer gives 0.5). So the result depends only on the multiset of (answer, verdict, truncated)
+    among the first ``k`` samples, never on their order.
     """
     if len(preds) != len(correct):
         raise ValueError(f"maj_at_k: {len(preds)} predictions but {len(correct)} correctness flags")
+    if truncated is not None and len(truncated) != len(preds):
+        raise ValueError(f"maj_at_k: {len(preds)} predictions but {len(truncated)} truncation flags")
     if not 1 <= k <= len(preds):
         raise ValueError(f"maj_at_k: k must be between 1 and the number of samples ({len(preds)}), got {k}")
-    votes = [(p, ok) for p, ok in zip(preds[:k], correct[:k]) if p is not None]
+    cut = truncated[:k] if truncated is not None else [False] * k
+    votes = [(p, bool(ok)) for p, ok, t in zip(preds[:k], correct[:k], cut) if p is not None and not t]
     if not votes:
         return 0.0
     counts = Counter(p for p, _ in votes)
     best = max(counts.values())
-    # next() scans in sample order, so among tied answers the first to occur wins
-    winner_ok = next(ok for pred, ok in votes if counts[pred] == best)
-    return 1.0 if winner_ok else 0.0
+    winners = {p for p, c in counts.items() if c == best}
+    right = {p for p, ok in votes if ok and p in winners}
+    return len(right) / len(winners)
+
+
+def _truncated(s: Sample) -> bool:
+    """Whether a sample hit its token limit (its answer, if any, is not a final answer)."""
+    return s.finish_reason == "length" or s.reason == "truncated"
 
 
 def group_by_problem(samples: Sequence[Sample]) -> dict[str, list[Sample]]:
@@ -157,14 +171,15 @@ def summarize(
 
     pass1 = per_problem_pass(1)
     pass_main = per_problem_pass(k_main)
-    maj = np.array([maj_at_k([s.pred for s in g], [s.correct for s in g], k_main) for g in groups])
+    maj = np.array([maj_at_k([s.pred for s in g], [s.correct for s in g], k_main, [_truncated(s) for s in g])
+                    for g in groups])
     tok_sum = np.array([sum(s.n_tokens for s in g) for g in groups], dtype=float)
     counts = np.array([len(g) for g in groups], dtype=float)
 
     all_tokens = np.array([s.n_tokens for s in samples], dtype=float)
     mean_tokens = float(all_tokens.mean())
     wrong_tokens = [s.n_tokens for s in samples if not s.correct]
-    truncated = [s.finish_reason == "length" or s.reason == "truncated" for s in samples]
+    truncated = [_truncated(s) for s in samples]
 
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(groups), size=(n_boot, len(groups)))

@@ -31,8 +31,8 @@ from tracewise.core.records import Problem, Sample
 from tracewise.core.store import AppendLog, is_done, mark_done, save_config, stage_dir
 from tracewise.core.tokens import THINK_CLOSE, n_tokens
 from tracewise.core.text import parse_completion
-from tracewise.verify.answer import VerifyResult, verify
-from tracewise.verify.pool import DEFAULT_TIMEOUT_S, verify_many
+from tracewise.verify.answer import VerifyResult
+from tracewise.verify.pool import DEFAULT_TIMEOUT_S, verify_bounded, verify_many
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ def completion_to_sample(c: Completion, problem: Problem, experiment: str, bench
     into thinking and answer."""
     parsed = parse_completion(c.text)
     truncated = c.finish_reason == "length"
-    result = result or verify(c.text, problem.answer, truncated=truncated)
+    result = result or verify_bounded(c.text, problem.answer, truncated=truncated)
     if "n_thinking_tokens" in c.meta:  # a control counted them (markers it inserted are not generated)
         n_think = int(c.meta["n_thinking_tokens"])
     else:

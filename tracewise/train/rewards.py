@@ -46,17 +46,33 @@ def clear_verdict_cache() -> None:
     _verdict_cache.clear()
 
 
-def _is_correct(text: str, gold: str) -> bool:
-    key = hashlib.blake2b(f"{len(gold)}:{gold}{text}".encode(), digest_size=16).digest()
-    verdict = _verdict_cache.get(key)
-    if verdict is None:
-        from tracewise.verify.answer import verify  # lazy: math-verify and sympy are slow to import
+def _key(text: str, gold: str) -> bytes:
+    return hashlib.blake2b(f"{len(gold)}:{gold}{text}".encode(), digest_size=16).digest()
 
-        verdict = bool(verify(text, gold).correct)
-        _verdict_cache[key] = verdict
-        if len(_verdict_cache) > _VERDICT_CACHE_SIZE:  # FIFO eviction; a batch is reused at once
-            _verdict_cache.pop(next(iter(_verdict_cache)), None)
-    return verdict
+
+def _correct_many(texts: Sequence[str], golds: Sequence[str]) -> list[bool]:
+    """verify() verdicts for complete (not truncated) texts, one batch through the deadline-bounded pool.
+
+    Model text can make sympy run for minutes (``(x+1)^{199}(x+2)^{199}``); the pool
+    (:mod:`tracewise.verify.pool`) runs each comparison in a worker process that is killed at its
+    deadline, so a reward call never hangs training. A comparison that misses it scores 0.
+    """
+    keys = [_key(t, g) for t, g in zip(texts, golds)]
+    todo = [i for i, k in enumerate(keys) if k not in _verdict_cache]
+    if todo:
+        from tracewise.verify.pool import verify_many  # lazy: math-verify and sympy are slow to import
+
+        results = verify_many([(texts[i], golds[i], False) for i in todo])
+        for i, res in zip(todo, results):
+            _verdict_cache[keys[i]] = bool(res.correct)
+    out = [_verdict_cache[k] for k in keys]
+    while len(_verdict_cache) > _VERDICT_CACHE_SIZE:  # FIFO eviction; a batch is reused at once
+        _verdict_cache.pop(next(iter(_verdict_cache)), None)
+    return out
+
+
+def _is_correct(text: str, gold: str) -> bool:
+    return _correct_many([text], [gold])[0]
 
 
 def completion_text(completion: Any) -> str:
@@ -157,7 +173,11 @@ class _Reward:
         if self.needs_gold:
             golds = self._golds(columns, n)
             truncated = self._truncation(completion_ids, columns.get("truncated"))
-            correct = [not t and _is_correct(completion_text(c), g) for c, g, t in zip(completions, golds, truncated)]
+            texts = [completion_text(c) for c in completions]
+            complete = [i for i in range(n) if not truncated[i]]
+            verdicts = _correct_many([texts[i] for i in complete], [golds[i] for i in complete])
+            for i, ok in zip(complete, verdicts):
+                correct[i] = ok
         groups = group_indices(prompts, golds) if self.requires_group else [[i] for i in range(n)]
         expected = self.expected_group_size
         if self.requires_group and expected and any(len(g) % expected for g in groups):

@@ -9,7 +9,8 @@ guards cannot prove that every sympy simplification is fast, so batches go throu
   processes; the parent waits on the workers' pipes with a deadline per task, and a worker that
   misses it is SIGKILLed and replaced. No signals are involved in the caller, so this works from
   any thread, and workers are ordinary (non-daemon) processes, so it works inside worker processes;
-* results are cached by ``(gold, pred, status)`` (the pair, plus whether it was compared at all),
+* results are cached by ``(gold, pred, status, parts)`` (the pair, whether it was compared at all,
+  and the other boxes of a multi-box answer),
   and each distinct gold is checked once: a gold that cannot be parsed in time is
   ``unparseable_gold`` for every trace, without paying the deadline again per trace;
 * workers cap their address space (``memory_mb``), so a ``9^{9^{9^9}}`` that escapes the guards
@@ -268,7 +269,7 @@ class VerifyPool:
 
     def __init__(self, workers: int | None = None, timeout_s: float = DEFAULT_TIMEOUT_S,
                  memory_mb: int = DEFAULT_MEMORY_MB, cache_size: int = CACHE_SIZE,
-                 judge_fn: Callable[[str, str | None, str], VerifyResult] = judge_prepared):
+                 judge_fn: Callable[..., VerifyResult] = judge_prepared):
         self.pool = DeadlinePool(workers, timeout_s, memory_mb)
         self.judge_fn = judge_fn
         self.cache_size = cache_size
@@ -294,14 +295,14 @@ class VerifyPool:
         """``[(completion_text, gold, truncated), ...]`` → one :class:`VerifyResult` each, in order."""
         prepared = [prepare(text, gold, truncated=bool(trunc)) for text, gold, trunc in items]
         with self._lock:
-            golds = sorted({g for g, _, _ in prepared} - set(self._gold))
+            golds = sorted({key[0] for key in prepared} - set(self._gold))
             if golds:
                 oks = self.pool.map(_gold_ok, [(g,) for g in golds], on_timeout=False, on_error=lambda m: False)
                 self._gold.update(zip(golds, oks))
             out: list[VerifyResult | None] = [None] * len(prepared)
             todo: dict[tuple, list[int]] = {}
             for i, key in enumerate(prepared):
-                gold_s, pred, status = key
+                gold_s, pred, status, _parts = key
                 if not self._gold[gold_s]:
                     out[i] = VerifyResult(False, "unparseable_gold", None)
                 elif status != "compare":
@@ -347,17 +348,59 @@ def _close_shared() -> None:
     _SHARED.clear()
 
 
+class _Deadline(BaseException):
+    """Raised by the alarm of :func:`_judge_in_process`; a BaseException so that no ``except Exception``
+    inside verify or math-verify swallows it (and caches a verdict for an unfinished comparison)."""
+
+
+def _judge_in_process(gold_s: str, pred: str | None, status: str, parts: tuple, timeout_s: float) -> VerifyResult:
+    """:func:`judge_prepared` in this process's main thread, cut off after ``timeout_s`` by SIGALRM."""
+    import signal
+
+    def _alarm(signum, frame):
+        raise _Deadline()
+
+    previous = signal.signal(signal.SIGALRM, _alarm)
+    started = time.monotonic()
+    outer = (0.0, 0.0)
+    try:
+        outer = signal.setitimer(signal.ITIMER_REAL, timeout_s)  # a caller's own timer, if any
+        try:
+            return judge_prepared(gold_s, pred, status, parts)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+    except _Deadline:
+        log.warning("verify: a comparison exceeded %.1f s in process; counted as wrong", timeout_s)
+        return VerifyResult(False, "wrong", pred, timed_out=True)
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+        if outer[0] > 0:  # give the caller's timer back what is left of it
+            signal.setitimer(signal.ITIMER_REAL, max(outer[0] - (time.monotonic() - started), 1e-3), outer[1])
+
+
 def verify_many(items: Iterable[tuple[Any, Any, bool]], workers: int | None = None,
                 timeout_s: float = DEFAULT_TIMEOUT_S) -> list[VerifyResult]:
-    """Verify ``(completion_text, gold, truncated)`` triples in a process pool; never raises on input.
+    """Verify ``(completion_text, gold, truncated)`` triples, each comparison within ``timeout_s``.
 
-    ``workers=0`` runs in this process with :func:`tracewise.verify.answer.verify` (no hard time bound:
-    for debugging). Otherwise a per-process shared :class:`VerifyPool` is used, so the cache and
-    the warm workers carry over between calls.
+    Never raises on input. By default a per-process shared :class:`VerifyPool` is used, so the
+    cache and the warm workers carry over between calls. ``workers=0`` runs in this process (no
+    worker startup; for debugging and small runs) and is still bounded: from the main thread each
+    comparison runs under a SIGALRM deadline; from any other thread (where signals cannot be
+    delivered) it falls back to a one-worker shared pool.
     """
+    if timeout_s <= 0:
+        raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
     items = list(items)
     if workers == 0:
-        from tracewise.verify.answer import verify
+        import signal
 
-        return [verify(t, g, truncated=bool(tr)) for t, g, tr in items]
+        if threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer"):
+            return [_judge_in_process(*prepare(t, g, truncated=bool(tr)), timeout_s) for t, g, tr in items]
+        workers = 1
     return shared_pool(workers, timeout_s).verify_many(items)
+
+
+def verify_bounded(completion_text: Any, gold: Any, truncated: bool = False,
+                   timeout_s: float = DEFAULT_TIMEOUT_S) -> VerifyResult:
+    """One deadline-bounded verdict through the shared pool (callers that score model text one at a time)."""
+    return verify_many([(completion_text, gold, truncated)], timeout_s=timeout_s)[0]
