@@ -87,6 +87,29 @@ def test_rerun_is_a_noop(quickstart_run):
     assert {p: p.stat().st_mtime for p in out.glob("*/DONE")} == before
 
 
+def test_seeds_are_replicates_with_intervals(quickstart_run):
+    """seeds=[0, 1]: seed 0's stages are reused from the one-seed run, seed 1 retrains and re-evaluates;
+    summary rows are the mean over the two seeds' own summaries, with seeds/sd/ci95, and the headline
+    readings count both seeds."""
+    out, _, _ = quickstart_run
+    cfg = tiny_config(str(out))
+    cfg.seeds = [0, 1]
+    quickstart.run(cfg)
+    rows = {r["experiment"]: r for r in json.loads((out / "summary.json").read_text())["rows"]}
+    per_seed: dict = {}
+    for d in out.glob("eval-*"):
+        if (d / "DONE").exists():
+            row = json.loads((d / "summary.json").read_text())["rows"][0]
+            per_seed.setdefault(row["experiment"], []).append(row["pass@1"])
+    for name, r in rows.items():
+        assert r["seeds"] == 2 and len(per_seed[name]) == 2
+        assert r["pass@1"] == pytest.approx(sum(per_seed[name]) / 2)
+        assert set(r["sd"]) >= {"pass@1", "pass@8", "mean_tokens"}
+        lo, hi = r["ci95"]["pass@1"]
+        assert lo <= r["pass@1"] <= hi
+    assert "8 problems × 2 seeds" in (out / "report.md").read_text()
+
+
 # Files whose bytes legitimately differ between two runs of the same config: the thread count a run
 # was given (config.yaml), wall times, and trainer files that store the output path or the runtime.
 NOT_RECORDS = {"config.yaml", "timings.json", "training_args.bin", "log_history.json"}

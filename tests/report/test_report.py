@@ -182,3 +182,19 @@ def test_markdown_to_html_never_links_missing_images(tmp_path: Path) -> None:
     page = markdown_to_html("# T\n\n![plot](nope.png) and <b>raw</b> `x<y`", tmp_path)
     assert "src=" not in page and "missing image" in page
     assert "&lt;b&gt;" in page and "<code>x&lt;y</code>" in page and "<h1>T</h1>" in page
+
+
+def test_headline_readings_follow_the_paired_intervals(inputs: dict) -> None:
+    """Hand case (4 problems, 1 seed): gpt-oss writes 900/1100 tokens where r1 writes 3000/5000, so every
+    resample's ratio lies in [1100/5000, 900/3000] = [0.22, 0.30]: fewer tokens, distinguishable. pass@1 per
+    problem r1 (1, 1, .75, 0) vs gpt-oss (1, 1, 0, 0): +18.8 points, but a resample without h1 (probability
+    (3/4)^4 = 0.32) gives 0, so the interval reaches 0: not distinguishable."""
+    out = inputs["tmp"] / "report"
+    run(ReportConfig(out=str(out), summaries=inputs["summaries"], samples=inputs["samples"]))
+    md = (out / "report.md").read_text()
+    assert "gpt-oss uses 0.25× the tokens of r1" in md and "fewer tokens, distinguishable (4 problems × 1 seed)" in md
+    assert "pass@1: r1 − gpt-oss = +18.8 points" in md
+    assert "not distinguishable from zero at this size (4 problems × 1 seed)" in md
+    # without samples the same rows give point estimates that say they are not findings
+    run(ReportConfig(out=str(out), summaries=inputs["summaries"]))
+    assert "carry no interval and are not claimed as effects" in (out / "report.md").read_text()

@@ -23,7 +23,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from tracewise.evaluate.metrics import MAIN_K, group_by_problem, maj_at_k, pass_at_k
+from tracewise.evaluate.metrics import MAIN_K, _truncated, group_by_problem, maj_at_k, pass_at_k
 from tracewise.core.records import Sample
 
 #: Per-problem columns of a ``ProblemTable``; accuracy columns are means over problems, token columns
@@ -54,7 +54,8 @@ def problem_table(samples: Sequence[Sample], k: int = MAIN_K) -> ProblemTable:
     values = {
         "pass@1": np.array([pass_at_k(len(g), sum(s.correct for s in g), 1) for g in rows]),
         "pass@8": np.array([pass_at_k(len(g), sum(s.correct for s in g), kk) for g in rows]),
-        "maj@8": np.array([maj_at_k([s.pred for s in g], [s.correct for s in g], kk) for g in rows]),
+        "maj@8": np.array([maj_at_k([s.pred for s in g], [s.correct for s in g], kk, [_truncated(s) for s in g])
+                           for g in rows]),
     }
     tok_sum = np.array([sum(s.n_tokens for s in g) for g in rows], dtype=float)
     count = np.array([len(g) for g in rows], dtype=float)
@@ -200,4 +201,33 @@ def seed_list(seeds: int | Sequence[int]) -> list[int]:
     dup = [s for s, c in Counter(out).items() if c > 1]
     if dup:
         raise ValueError(f"seeds: repeated seed(s) {dup} would count one run twice")
+    return out
+
+
+def _mean_values(values: list):
+    """Mean of numbers, or of dicts of numbers key by key; None when any value is missing."""
+    if any(v is None for v in values):
+        return None
+    if all(isinstance(v, dict) for v in values):
+        keys = set().union(*values)
+        return {k: _mean_values([v.get(k) for v in values]) for k in sorted(keys)}
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return float(np.mean(values))
+    return values[0] if all(v == values[0] for v in values) else None
+
+
+def combine_rows(rows: Sequence[dict], tables: Sequence[ProblemTable], n_boot: int = 2000, seed: int = 0) -> dict:
+    """One ``summary.json`` row for several seeds of one experiment (rows and tables in seed order).
+
+    Every key keeps its meaning as the mean over seeds (so readers of one-seed summaries read it the
+    same way); ``seeds``, ``sd`` and a hierarchical-bootstrap ``ci95`` are added per metric.
+    """
+    if not rows or len(rows) != len(tables):
+        raise ValueError(f"combine_rows: {len(rows)} rows for {len(tables)} seeds")
+    out = {k: _mean_values([r.get(k) for r in rows]) for k in rows[0] if k not in ("ci95", "n", "note")}
+    agg = aggregate(tables, n_boot=n_boot, seed=seed)
+    out.update({m: agg[m] for m in (*ACCURACY, *TOKENS)})
+    out.update(n=agg["n"], seeds=agg["seeds"], sd=agg["sd"], ci95=agg["ci95"])
+    if "n_samples" in out:
+        out["n_samples"] = int(sum(r.get("n_samples", 0) for r in rows))
     return out

@@ -11,6 +11,7 @@ All prose that states a finding (headline, difficulty reading) is computed from 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections import defaultdict
@@ -20,6 +21,7 @@ from pathlib import Path
 from tracewise.core.config import doc
 from tracewise.core.records import Sample, read_records
 from tracewise.evaluate.metrics import level_breakdown, read_summary, write_summary
+from tracewise.evaluate.replicates import ProblemTable, compare, problem_table
 from tracewise.report.diagnostics import consistency, consistency_reading, consistency_table, plot_solve_histogram
 from tracewise.report.plots import plot_accuracy_vs_tokens, plot_learning_curves
 from tracewise.report.render import html_page, render_markdown
@@ -116,8 +118,10 @@ def metrics_table(rows: list[dict]) -> str:
     return "\n".join(lines + ([""] + notes if notes else []))
 
 
-def headline(rows: list[dict]) -> str:
-    """One line per benchmark comparing the most token-hungry experiment with the thriftiest."""
+def headline(rows: list[dict], tables: dict[str, dict[str, list[ProblemTable]]] | None = None) -> str:
+    """One line per benchmark comparing the most token-hungry experiment with the thriftiest, followed by
+    the paired-interval readings when their samples are given (``tables``: benchmark → experiment → one
+    per-problem table per seed); without samples the line says it carries no interval."""
     by_bench: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         by_bench[r["benchmark"]].append(r)
@@ -137,7 +141,35 @@ def headline(rows: list[dict]) -> str:
             f"{prefix}{lo['experiment']} used {ratio} ({lo['mean_tokens']:.0f} vs {hi['mean_tokens']:.0f}); "
             f"pass@8 differs by {diff:.1f} points ({lo['pass@8']:.3f} vs {hi['pass@8']:.3f})."
         )
+        lines.append(_interval_readings(hi["experiment"], lo["experiment"], (tables or {}).get(bench, {})))
     return "\n\n".join(lines)
+
+
+def _interval_readings(a: str, b: str, tables: dict[str, list[ProblemTable]]) -> str:
+    """What the paired intervals say about ``a`` vs ``b``; the point line above is not a finding on its own."""
+    ta, tb = tables.get(a), tables.get(b)
+    if not ta or not tb or len(ta) != len(tb):
+        return ("These are point estimates: no per-sample records of both experiments (with the same seeds) "
+                "were given, so the differences carry no interval and are not claimed as effects.")
+    try:
+        cmps = compare(a, ta, b, tb, metrics=("pass@1", "pass@8"))
+    except ValueError as e:  # evaluated on different problems: no pairing possible
+        return f"No paired interval: {e}."
+    return "Paired 95% intervals (problems resampled within seeds, then seeds):\n\n" + "\n".join(
+        f"- {c.reading()}" for c in [cmps[-1], *cmps[:-1]])
+
+
+def replicate_tables(sample_paths: list[str]) -> dict[str, dict[str, list[ProblemTable]]]:
+    """benchmark → experiment → one per-problem table per samples file that holds it (a file = one seed of
+    one eval run; files of the same experiment are its replicate seeds, in the order given)."""
+    out: dict[str, dict[str, list[ProblemTable]]] = defaultdict(lambda: defaultdict(list))
+    for path in sample_paths:
+        groups: dict[tuple[str, str], list[Sample]] = defaultdict(list)
+        for smp in read_records(path, Sample):
+            groups[(smp.benchmark, smp.experiment)].append(smp)
+        for (bench, exp), samples in groups.items():
+            out[bench][exp].append(problem_table(samples))
+    return out
 
 
 def difficulty_section(by_exp: dict[str, dict], mix: str) -> str:
@@ -194,8 +226,15 @@ def _group_samples(sample_paths: list[str]) -> dict[tuple[str, str], list[Sample
     """Samples of every file, grouped by (benchmark, experiment); read once for every section."""
     grouped: dict[tuple[str, str], list[Sample]] = defaultdict(list)
     for path in sample_paths:
+        per_file: dict[tuple[str, str], list[Sample]] = defaultdict(list)
         for s in read_records(path, Sample):
-            grouped[(s.benchmark, s.experiment)].append(s)
+            per_file[(s.benchmark, s.experiment)].append(s)
+        for key, samples in per_file.items():
+            # Another file of the same experiment is another replicate seed: its samples are pooled as
+            # further samples of each problem (indices shifted past the earlier seeds').
+            offset = 1 + max((s.sample_idx for s in grouped[key]), default=-1)
+            grouped[key].extend(dataclasses.replace(s, sample_idx=s.sample_idx + offset) if offset else s
+                                for s in samples)
     return grouped
 
 
@@ -226,7 +265,7 @@ def run(cfg: ReportConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     rows = load_rows(cfg.summaries)
     sections = [
-        Section("Headline", headline(rows)),
+        Section("Headline", headline(rows, replicate_tables(cfg.samples))),
         Section("Results", metrics_table(rows)),
         Section("Accuracy vs tokens", "", [plot_accuracy_vs_tokens(rows, out / "accuracy_vs_tokens.png")]),
     ]

@@ -58,16 +58,24 @@ class TrainSettings:
     learning_rate: float = doc("Peak learning rate.", 3e-3)
     warmup_ratio: float = doc("Warmup fraction.", 0.05)
     logging_steps: int = doc("Loss logging interval.", 10)
+    batch_order: str = doc("train sft batch_order: random (default), length_buckets (similar lengths per batch, "
+                           "batches in shuffled order), group_by_length (legacy; its one-teacher streaks skewed "
+                           "mixed students — only to reproduce old runs).", "random")
 
     def validate(self) -> None:
         if self.max_steps < 1 or self.batch_size < 1 or self.learning_rate <= 0:
             raise ValueError("train: max_steps and batch_size must be >= 1 and learning_rate > 0")
+        from tracewise.train.hf_trainer import BATCH_ORDERS
+
+        if self.batch_order not in BATCH_ORDERS:
+            raise ValueError(f"train.batch_order: expected one of {list(BATCH_ORDERS)}, got {self.batch_order!r}")
 
     def sft_config(self, out: str, experiment: str, model: str, dataset: str, seed: int, **extra) -> sft.SFTRunConfig:
         """The ``train sft`` config of one student with these settings."""
         return sft.SFTRunConfig(out=out, experiment=experiment, model=model, dataset=dataset, max_steps=self.max_steps,
                                 batch_size=self.batch_size, learning_rate=self.learning_rate,
-                                warmup_ratio=self.warmup_ratio, logging_steps=self.logging_steps, seed=seed, **extra)
+                                warmup_ratio=self.warmup_ratio, logging_steps=self.logging_steps, seed=seed,
+                                batch_order=self.batch_order, **extra)
 
 
 @dataclass

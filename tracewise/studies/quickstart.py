@@ -21,6 +21,9 @@ from tracewise.core.config import doc
 from tracewise.data.sources import ProblemsConfig
 from tracewise.core.logs import console
 from tracewise.core.threads import THREADS_HELP, resolve_threads
+from tracewise.evaluate.metrics import read_summary, write_summary
+from tracewise.evaluate.replicates import combine_rows, problem_table, seed_list
+from tracewise.core.records import Sample, read_records
 from tracewise.train import sft
 from tracewise.studies.common import TrainSettings, train_all
 from tracewise.world import init_stage
@@ -58,13 +61,28 @@ class QuickstartConfig:
     eval_max_tokens: int = doc("Max new tokens per evaluation sample.", 400)
     parallel: int = doc("Students trained at once (separate processes, threads/parallel torch threads each).", 2)
     threads: int = doc(THREADS_HELP, 0)
-    seed: int = doc("Seed for generation, training and sampling.", 0)
+    seed: int = doc("Seed for the world's teacher traces and the mix, and the first replicate's training and sampling.", 0)
+    seeds: int | list[int] = doc("Replicates: a count N (seeds seed … seed+N-1; seeds=3 for a headline with seed "
+                                 "intervals) or an explicit list. A replicate retrains every student with its own data "
+                                 "order and evaluates it with its own sampling seed; the base student, the teacher "
+                                 "traces and the curated datasets are shared, so replicates measure training and "
+                                 "sampling noise, not a new world.", 1)
+
+    def seed_values(self) -> list[int]:
+        if isinstance(self.seeds, int) and not isinstance(self.seeds, bool):
+            return seed_list(self.seeds) if self.seeds < 1 else [self.seed + i for i in range(self.seeds)]
+        return seed_list(self.seeds)
 
     def validate(self) -> None:
         if len({t.style for t in self.teachers}) != len(self.teachers) or len(self.teachers) < 2:
             raise ValueError("quickstart.teachers: need at least two teachers with distinct styles")
         if self.parallel < 1:
             raise ValueError("quickstart.parallel must be >= 1")
+        try:
+            self.seed_values()
+        except ValueError as e:
+            raise ValueError(f"quickstart.{e}") from None
+        self.train.validate()
 
 
 def run(cfg: QuickstartConfig) -> Path:
@@ -98,27 +116,36 @@ def run(cfg: QuickstartConfig) -> Path:
                                          filter=cfg.filter, mix_seed=cfg.seed))
     lap("curate")
     names = [t.style for t in cfg.teachers] + ["mix"]
-    sft_cfgs = [cfg.train.sft_config(str(out), name, base_model, str(curate.dataset_path(cur, name)), cfg.seed)
-                for name in names]
-    # Longest first, so the verbose student does not start last and finish alone.
-    order = sorted(range(len(sft_cfgs)), key=lambda i: names[i] != "r1")
+    seeds = cfg.seed_values()
+    jobs = [(sd, name) for sd in seeds for name in names]
+    sft_cfgs = [cfg.train.sft_config(str(out), name, base_model, str(curate.dataset_path(cur, name)), sd)
+                for sd, name in jobs]
+    # Longest first, so the verbose students do not start last and finish alone.
+    order = sorted(range(len(jobs)), key=lambda i: jobs[i][1] != "r1")
     trained = train_all([sft_cfgs[i] for i in order], cfg.parallel, threads)
-    sft_dirs = {sft_cfgs[i].experiment: d for i, d in zip(order, trained)}
+    sft_dirs = {jobs[i]: d for i, d in zip(order, trained)}
     lap("train")
     test = ProblemsConfig(source="world", split="test", world=cfg.world)
-    sampling = SamplingParams(n=cfg.eval_samples, temperature=cfg.eval_temperature, max_tokens=cfg.eval_max_tokens, seed=cfg.seed)
-    evals = [
-        evaluate.run(evaluate.EvalConfig(out=str(out), experiment=name, model=str(sft.model_dir(sft_dirs[name])),
-                                         problems=test, sampling=sampling, threads=threads))
-        for name in names
-    ]
+    evals = {
+        (sd, name): evaluate.run(evaluate.EvalConfig(
+            out=str(out), experiment=name, model=str(sft.model_dir(sft_dirs[(sd, name)])), problems=test,
+            sampling=SamplingParams(n=cfg.eval_samples, temperature=cfg.eval_temperature,
+                                    max_tokens=cfg.eval_max_tokens, seed=sd), threads=threads))
+        for sd, name in jobs
+    }
     lap("eval")
+    samples = [str(evals[(sd, name)] / "samples.jsonl") for sd in seeds for name in names]  # seed-major
+    summaries = [str(evals[(seeds[0], n)] / "summary.json") for n in names]
+    if len(seeds) > 1:
+        summaries = [str(_replicate_summary(out, names, seeds, evals))]
     html = report.run(report.ReportConfig(
         out=str(out),
-        title="tracewise quickstart: verbose vs concise teacher traces",
-        summaries=[str(e / "summary.json") for e in evals],
-        samples=[str(e / "samples.jsonl") for e in evals],
-        train_logs=[str(sft_dirs[n] / "log_history.json") for n in names],
+        title="tracewise quickstart: verbose vs concise teacher traces"
+              + (f" ({len(seeds)} seeds)" if len(seeds) > 1 else ""),
+        summaries=summaries,
+        samples=samples,
+        # one seed's curves: the replicates' curves would overlap under the same labels
+        train_logs=[str(sft_dirs[(seeds[0], n)] / "log_history.json") for n in names],
         curate_table=str(Path(cur) / "table.md"),
         mix_experiment="mix",
     ))
@@ -128,21 +155,36 @@ def run(cfg: QuickstartConfig) -> Path:
     return html
 
 
+def _replicate_summary(out: Path, names: list[str], seeds: list[int], evals: dict) -> Path:
+    """One row per student over all seeds: means, seed SD and hierarchical-bootstrap intervals."""
+    rows = []
+    for name in names:
+        per_seed = [read_summary(evals[(sd, name)] / "summary.json")[0] for sd in seeds]
+        tables = [problem_table(read_records(evals[(sd, name)] / "samples.jsonl", Sample)) for sd in seeds]
+        rows.append(combine_rows(per_seed, tables))
+    return write_summary(out / "replicates" / "summary.json", rows)
+
+
 def _print_summary(out: Path, timings: dict[str, float]) -> None:
-    """The one-screen summary: each student's accuracy next to its cost, and where to look next."""
+    """The one-screen summary: each student's accuracy next to its cost, the headline's interval readings,
+    and where to look next."""
     from rich.table import Table
 
     rows = json.loads((out / "summary.json").read_text())["rows"]
-    table = Table(title="quickstart results (held-out problems)")
+    seeds = rows[0].get("seeds", 1) if rows else 1
+    table = Table(title=f"quickstart results (held-out problems, {seeds} seed{'s' if seeds != 1 else ''}; [95% CI])")
     for col in ("student", "pass@1", "pass@8", "maj@8", "mean tokens", "thinking", "acc/1k tok"):
         table.add_column(col, justify="right")
     for r in rows:
-        table.add_row(r["experiment"], f"{r['pass@1']:.3f}", f"{r['pass@8']:.3f}", f"{r['maj@8']:.3f}",
-                      f"{r['mean_tokens']:.1f}", f"{r['mean_thinking_tokens']:.1f}", f"{r.get('acc_per_1k_tokens', 0):.1f}")
+        ci = r.get("ci95", {})
+        cell = lambda m, d=3: f"{r[m]:.{d}f}" + (f" [{ci[m][0]:.{d}f}, {ci[m][1]:.{d}f}]" if m in ci else "")  # noqa: E731
+        table.add_row(r["experiment"], cell("pass@1"), cell("pass@8"), f"{r['maj@8']:.3f}", cell("mean_tokens", 1),
+                      f"{r['mean_thinking_tokens']:.1f}", f"{r.get('acc_per_1k_tokens') or 0:.1f}")
     console.print(table)
-    headline = (out / "report.md").read_text().split("\n")
-    lines = [ln for ln in headline if ln.startswith("**") or ln.lower().startswith("headline")]
-    if lines:
-        console.print(lines[0])
+    md = (out / "report.md").read_text().split("\n## ")
+    head = next((sec for sec in md if sec.startswith("Headline")), "")
+    for line in head.splitlines()[1:]:
+        if line.strip():
+            console.print(line)
     console.print(f"stage times (s): {timings}  total {sum(timings.values()):.0f}")
     console.print(f"report: {out / 'report.html'}  |  {out / 'report.md'}  |  {out / 'summary.json'}")
