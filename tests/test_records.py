@@ -212,3 +212,17 @@ def test_concurrent_writers_of_one_file_never_share_a_temp_file(tmp_path: Path) 
     assert not errors, errors
     assert [p.id for p in read_records(path, Problem)] in ([p.id for p in sets["a"]], [p.id for p in sets["b"]])
     assert sorted(x.name for x in tmp_path.iterdir()) == ["problems.jsonl"]
+
+
+# ---- labels that become directory names (curate/ingest): the whole name must match -------------
+
+@pytest.mark.parametrize("name", ["r1\n", "r1\nx", "mix\n"])
+def test_names_with_a_trailing_newline_are_not_plain_names(name: str) -> None:
+    from tracewise.curate import CurateConfig
+    from tracewise.ingest import IngestConfig
+
+    with pytest.raises(ValueError, match="ingest.teacher"):
+        IngestConfig(path="x.jsonl", tokenizer="t", teacher=name).validate()
+    with pytest.raises(ValueError, match="curate.mix_name"):
+        CurateConfig(generations=["g"], verdicts="v", mix_name=name).validate()
+    IngestConfig(path="x.jsonl", tokenizer="t", teacher="r1.v2+x").validate()  # a plain name passes

@@ -60,7 +60,7 @@ DEFAULT_COLUMNS: dict[str, tuple[str, ...]] = {
     "teacher": ("teacher_model", "generator", "model"),
     "finish_reason": ("finish_reason", "finish_reasons"),
 }
-_SAFE_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")  # curate turns teacher labels into directory names
+_SAFE_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")  # curate turns teacher labels into directory names
 _DETAILED_THINKING = re.compile(r"detailed thinking (on|off)", re.IGNORECASE)
 MAX_META_CHARS = 200  # short row columns (is_correct, subject, ...) ride along in Trace.meta; long ones do not
 BATCH = 128  # traces tokenized per AppendLog write
@@ -98,7 +98,7 @@ class IngestConfig:
             raise ValueError(f"ingest.fields: column names must be strings, got {bad}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"ingest.limit must be >= 1, got {self.limit}")
-        if self.teacher and not _SAFE_LABEL.match(self.teacher):
+        if self.teacher and not _SAFE_LABEL.fullmatch(self.teacher):
             raise ValueError(f"ingest.teacher: {self.teacher!r} must match {_SAFE_LABEL.pattern} "
                              "(curate uses it as a directory name)")
 
