@@ -252,5 +252,17 @@ def test_lock_and_temp_files_do_not_change_a_directory_digest(tmp_path: Path) ->
     (d / "weights.bin").write_bytes(b"w")
     before = path_digest(d)
     (d / ".lock").write_text("123\n")
-    (d / ".weights.bin.123.abcd.tmp").write_bytes(b"half")
+    (d / ".weights.bin.123.abcd0123.tmp").write_bytes(b"half")
     assert path_digest(d) == before
+
+
+def test_temp_files_of_a_killed_writer_are_removed_when_the_stage_resumes(tmp_path: Path) -> None:
+    run = tmp_path / "gen-abc"
+    (run / "datasets").mkdir(parents=True)
+    stale = [run / ".traces.jsonl.4242.0badcafe.tmp", run / "datasets" / ".train.jsonl.4242.12345678.tmp"]
+    for f in stale:
+        f.write_text("half a file")
+    (run / "notes.tmp").write_text("not ours")
+    save_config(run, Cfg())
+    assert not any(f.exists() for f in stale) and (run / "notes.tmp").exists()
+    mark_done(run, {})

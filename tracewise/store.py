@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -52,7 +53,7 @@ def path_digest(path: str | os.PathLike) -> str:
             name = p.name
             if rel.startswith("checkpoint-") or "/checkpoint-" in rel or rel.endswith(".partial.jsonl") \
                     or (name.startswith("cache-") and name.endswith(".arrow")) or name == LOCK_NAME \
-                    or (name.startswith(".") and name.endswith(".tmp")):
+                    or _TEMP_NAME.fullmatch(name):
                 continue  # training scratch, `datasets` map caches, the run lock and temp files do not define the artifact
             h.update(rel.encode() + b"\0")
             h.update(_file_sha(p).encode())
@@ -90,6 +91,7 @@ def is_done(run_dir: Path) -> bool:
 
 
 LOCK_NAME = ".lock"
+_TEMP_NAME = re.compile(r"\..+\.\d+\.[0-9a-f]{8}\.tmp")  # records.open_temp's names
 _HELD: dict[str, int] = {}  # run dir -> fd of the lock file this process holds
 
 
@@ -125,6 +127,9 @@ def lock_run_dir(run_dir: str | os.PathLike) -> None:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     _HELD[key] = fd
+    for stale in run_dir.rglob(".*.tmp"):  # temp files of a killed writer (nobody else writes here now)
+        if _TEMP_NAME.fullmatch(stale.name):
+            stale.unlink(missing_ok=True)
     if is_done(run_dir):  # finished by another process between our is_done() check and this lock
         unlock_run_dir(run_dir)
         raise ValueError(f"{run_dir}: another process finished this stage while this one was starting; "
@@ -134,6 +139,7 @@ def lock_run_dir(run_dir: str | os.PathLike) -> None:
 def unlock_run_dir(run_dir: str | os.PathLike) -> None:
     fd = _HELD.pop(str(Path(run_dir).resolve()), None)
     if fd is not None:
+        os.ftruncate(fd, 0)  # a finished run dir holds the same bytes whoever ran it
         os.close(fd)  # closing the only descriptor drops the flock
 
 
@@ -192,7 +198,6 @@ def last_complete_checkpoint(ckpt_root: str | os.PathLike) -> str | None:
     ``trainer_state.json`` parses; newer incomplete ones are deleted so the Trainer's rotation and
     the next save do not trip over them.
     """
-    import re
     import shutil
 
     root = Path(ckpt_root)
