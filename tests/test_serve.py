@@ -192,3 +192,22 @@ def test_serve_refuses_a_model_that_is_not_a_causal_lm(tmp_path: Path) -> None:
 def test_init_student_run_dirs_resolve_to_their_model(student_run_dir: Path, student_path: str) -> None:
     assert resolve_model_path(str(student_run_dir)) == student_path
     assert resolve_model_path(student_path) == student_path
+
+
+def test_serve_refuses_a_public_bind_without_a_long_key(captured: dict, tmp_path: Path, monkeypatch) -> None:
+    base = ["serve", "--model", str(tmp_path), "--host", "0.0.0.0"]
+    res = CliRunner().invoke(cli_app, base)
+    assert res.exit_code == 2 and "--insecure" in res.output and "host" not in captured
+    monkeypatch.setenv("TW_SHORT_KEY", "short-key")
+    res = CliRunner().invoke(cli_app, [*base, "--api-key-env", "TW_SHORT_KEY"])
+    assert res.exit_code == 2 and "at least 16" in " ".join(res.output.split()) and "host" not in captured
+    res = CliRunner().invoke(cli_app, [*base, "--insecure"])  # said out loud: served to anyone
+    assert res.exit_code == 0 and captured["host"] == "0.0.0.0"
+    assert getattr(captured["app"], "allowed_hosts", None) is None  # public bind: no Host allow-list (the key guards)
+
+
+def test_serve_checks_host_on_loopback_and_bounds_shutdown(captured: dict, tmp_path: Path) -> None:
+    res = CliRunner().invoke(cli_app, ["serve", "--model", str(tmp_path), "--max-tokens-cap", "100"])
+    assert res.exit_code == 0, res.output
+    assert "127.0.0.1" in captured["app"].allowed_hosts and "localhost" in captured["app"].allowed_hosts
+    assert captured["app"].state.limits.max_tokens_cap == 100 and 0 < captured["graceful"] <= 10

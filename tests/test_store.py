@@ -211,7 +211,8 @@ def test_the_cli_says_which_pid_holds_the_run_dir_and_exits_2(tmp_path: Path, st
     from tracewise.config import load_config
     from tracewise.generate import GenerateConfig, _local
 
-    args = [f"out={tmp_path}", f"tokenizer={student_path}", "problems.world.n_train=3", "problems.world.n_test=0", "sampling.n=1"]
+    args = [f"out={tmp_path}", f"tokenizer={student_path}", "problems.world.n_train=3", "problems.world.n_test=0",
+            "sampling.n=1"]
     cfg = load_config(GenerateConfig, None, args)
     run = stage_dir(cfg.out, "generate", cfg, inputs=[*cfg.problems.input_files(), *_local(cfg.tokenizer)])
     proc = _hold_lock(run)

@@ -202,9 +202,11 @@ def serve(
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run the model repo's own code."),
     api_key_env: str = typer.Option("", "--api-key-env", help="NAME of an env var whose key (>= 16 characters) "
                                     "clients must send."),
-    insecure: bool = typer.Option(False, "--insecure", help="Allow a non-loopback bind without a key (or a short key)."),
+    insecure: bool = typer.Option(False, "--insecure", help="Allow a non-loopback bind without a key (or a short "
+                                  "key)."),
     max_batch: int = typer.Option(64, "--max-batch", help="Most samples decoded together."),
-    batch_wait_ms: float = typer.Option(50.0, "--batch-wait-ms", help="Most a request waits for the others expected to batch with it."),
+    batch_wait_ms: float = typer.Option(50.0, "--batch-wait-ms", help="Most a request waits for the others "
+                                        "expected to batch with it."),
     max_tokens_cap: int = typer.Option(4096, "--max-tokens-cap", help="Most new tokens a request may ask for "
                                        "(prompt + max_tokens must also fit the model's context)."),
     max_batch_tokens: int = typer.Option(65536, "--max-batch-tokens", help="KV-cache positions (prompt + max_tokens "

@@ -27,21 +27,20 @@ depend on which other requests shared its batch.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import math
 import os
-import random
 import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tracewise.backends.base import Request, SamplingParams
+from tracewise.backends.base import Request
 from tracewise.redact import check_env_name, register_secret
+from tracewise.serve_api import ServeLimits, bad, error_body, loads, parse_body, response, sse, strip_bos
 from tracewise.serve_engine import SHUTTING_DOWN, Engine, Pending, ServeError
+
+__all__ = ["ServeLimits", "build_app", "resolve_model_path", "serve"]
 
 try:  # module level: FastAPI resolves the handlers' (string) annotations in this module's globals
     from fastapi import Request as HTTPRequest
@@ -52,34 +51,6 @@ log = logging.getLogger(__name__)
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 MIN_KEY_CHARS = 16
-ROLES = ("system", "user", "assistant", "developer")
-
-
-@dataclass
-class ServeLimits:
-    """What one request, and the server as a whole, may use."""
-
-    max_tokens_cap: int = 4096  # most new tokens one sample may ask for (and prompt + max_tokens <= context)
-    max_n: int = 16
-    max_messages: int = 256
-    max_stop: int = 4
-    max_stop_chars: int = 64
-    max_body_bytes: int = 2 * 2**20
-    max_queue: int = 256  # requests in the server at once (reading, encoding, queued, decoding); more get 429
-    max_batch: int = 64  # samples decoded together
-    max_batch_tokens: int = 65536  # KV-cache positions reserved over all live batches
-    max_live_batches: int = 4
-    batch_wait_ms: float = 50.0
-
-    def validate(self) -> None:
-        for name in ("max_tokens_cap", "max_n", "max_messages", "max_body_bytes", "max_queue", "max_batch",
-                     "max_batch_tokens", "max_live_batches"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.max_n > self.max_batch:
-            raise ValueError(f"max_n ({self.max_n}) cannot exceed --max-batch ({self.max_batch})")
-        if not 0 <= self.batch_wait_ms <= 10_000:
-            raise ValueError(f"--batch-wait-ms must be in [0, 10000], got {self.batch_wait_ms}")
 
 
 def resolve_model_path(path: str) -> str:
@@ -88,14 +59,6 @@ def resolve_model_path(path: str) -> str:
     if p.is_dir() and not (p / "config.json").exists() and (p / "model" / "config.json").exists():
         return str(p / "model")
     return path
-
-
-def _error_body(status: int, message: str, kind: str) -> dict:
-    return {"error": {"message": message, "type": kind, "code": status}}
-
-
-def _bad(message: str) -> ServeError:
-    return ServeError(400, message, "invalid_request_error")
 
 
 def _host_name(value: str) -> str:
@@ -126,7 +89,7 @@ class _Guard:
             if err is not None:
                 from fastapi.responses import JSONResponse
 
-                resp = JSONResponse(_error_body(err.status, err.message, err.kind), status_code=err.status)
+                resp = JSONResponse(error_body(err.status, err.message, err.kind), status_code=err.status)
                 return await resp(scope, receive, send)
         await self.app(scope, receive, send)
 
@@ -168,7 +131,7 @@ def build_app(backend: Any, model_name: str, *, api_key: str | None = None, max_
     app.state.engine, app.state.limits, app.state.context = engine, limits, context
 
     def error(err: ServeError, headers: dict | None = None) -> JSONResponse:
-        return JSONResponse(_error_body(err.status, err.message, err.kind), status_code=err.status, headers=headers)
+        return JSONResponse(error_body(err.status, err.message, err.kind), status_code=err.status, headers=headers)
 
     @app.get("/health")
     async def health() -> dict:
@@ -192,23 +155,23 @@ def build_app(backend: Any, model_name: str, *, api_key: str | None = None, max_
         handed_off = False
         try:
             raw = await _read_body(http, limits.max_body_bytes)
-            parsed = _parse_body(_loads(raw), chat, model_name, limits)
+            parsed = parse_body(loads(raw), chat, model_name, limits)
             loop = asyncio.get_running_loop()
-            ids = await loop.run_in_executor(encoder, _encode, backend, _strip_bos(backend, parsed.request))
+            ids = await loop.run_in_executor(encoder, _encode, backend, strip_bos(backend, parsed.request))
             if len(ids) + parsed.sampling.max_tokens > context:
-                raise _bad(f"the prompt ({len(ids)} tokens) plus max_tokens ({parsed.sampling.max_tokens}) exceed "
+                raise bad(f"the prompt ({len(ids)} tokens) plus max_tokens ({parsed.sampling.max_tokens}) exceed "
                            f"the model's context of {context} tokens")
             p = Pending(loop, parsed.request, ids, parsed.sampling, parsed.stop, parsed.stream)
             engine.submit(p)
             if parsed.stream:
                 handed_off = True
-                gen = _sse(p, parsed, model_name, chat, lambda: state.__setitem__("inflight", state["inflight"] - 1))
+                gen = sse(p, parsed, model_name, chat, lambda: state.__setitem__("inflight", state["inflight"] - 1))
                 return StreamingResponse(gen, media_type="text/event-stream",
                                          headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
             result = await _wait_or_disconnect(p, http)
             if result is None:  # the client went away; nobody reads this
                 return JSONResponse({}, status_code=499)
-            return _response(*result, chat=chat, model_name=model_name)
+            return response(*result, chat=chat, model_name=model_name)
         except ServeError as e:
             return error(e, {"Retry-After": "1"} if e.status in (429, 503) else None)
         finally:
@@ -254,26 +217,13 @@ async def _read_body(http: HTTPRequest, cap: int) -> bytes:
     return b"".join(chunks)
 
 
-def _loads(raw: bytes) -> Any:
-    def no_constants(name: str) -> Any:
-        raise ValueError(name)
-
-    try:
-        body = json.loads(raw, parse_constant=no_constants)  # NaN / Infinity are not JSON
-    except (ValueError, RecursionError):
-        raise _bad("request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise _bad("request body must be a JSON object")
-    return body
-
-
 def _encode(backend: Any, request: Request) -> list[int]:
     """On the encoder thread. Whatever goes wrong is this request's fixed-message 400."""
     try:
         ids = backend.encode_prompt(request)
     except Exception as e:
         log.debug("serve: encoding failed: %s", type(e).__name__)
-        raise _bad("the prompt could not be encoded (empty, or not valid for this model's chat template)") from None
+        raise bad("the prompt could not be encoded (empty, or not valid for this model's chat template)") from None
     return ids
 
 
@@ -293,160 +243,6 @@ async def _wait_or_disconnect(p: Pending, http: HTTPRequest) -> Any:
     if not p.future.done():
         return None
     return p.future.result()  # raises the request's ServeError
-
-
-@dataclass
-class _Parsed:
-    request: Request
-    sampling: SamplingParams
-    stop: list[str]
-    stream: bool
-    include_usage: bool
-
-
-def _int(body: dict, key: str, default: Any, lo: int, hi: int, message: str) -> Any:
-    value = body.get(key)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise _bad(message)
-    return value
-
-
-def _float(body: dict, key: str, default: float, ok: Any, message: str) -> float:
-    value = body.get(key)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
-        raise _bad(message)
-    return float(value)
-
-
-def _content(value: Any) -> str | None:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list) and all(isinstance(part, dict) and part.get("type") == "text"
-                                       and isinstance(part.get("text"), str) for part in value):
-        return "".join(part["text"] for part in value)  # OpenAI content parts, text only
-    return None
-
-
-def _parse_body(body: dict, chat: bool, model_name: str, limits: ServeLimits) -> _Parsed:
-    """Validate every field; messages are fixed per kind (nothing the client sent is echoed)."""
-    model = body.get("model")
-    if model is not None and not isinstance(model, str):
-        raise _bad("'model' must be a string")
-    if model not in (None, model_name):
-        raise ServeError(404, f"the model does not exist; this server serves {model_name!r}", "not_found_error")
-    stream = body.get("stream")
-    if stream is not None and not isinstance(stream, bool):
-        raise _bad("'stream' must be true or false")
-    options = body.get("stream_options")
-    if options is not None and (not isinstance(options, dict) or not stream
-                                or not isinstance(options.get("include_usage", False), bool)):
-        raise _bad("'stream_options' must be an object {include_usage: bool}, and only with stream=true")
-    for key, default in (("echo", False), ("logprobs", None), ("top_logprobs", None), ("best_of", 1),
-                         ("suffix", None), ("tools", None), ("logit_bias", None)):
-        if body.get(key) not in (default, None, False, [], {}, "") and not (key == "best_of" and body[key] == 1):
-            raise _bad(f"'{key}' is not supported by tracewise serve")
-    n = _int(body, "n", 1, 1, limits.max_n, f"'n' must be an integer in [1, {limits.max_n}]")
-    key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-    max_tokens = _int(body, key, 16, 1, limits.max_tokens_cap,
-                      f"'{key}' must be an integer in [1, {limits.max_tokens_cap}]")
-    temperature = _float(body, "temperature", 1.0, lambda v: 0 <= v <= 2, "'temperature' must be a number in [0, 2]")
-    top_p = _float(body, "top_p", 1.0, lambda v: 0 < v <= 1, "'top_p' must be a number in (0, 1]")
-    seed = _int(body, "seed", None, -(2**63), 2**64 - 1, "'seed' must be a 64-bit integer")
-    stop = body.get("stop")
-    stop = [] if stop is None else [stop] if isinstance(stop, str) else stop
-    if not isinstance(stop, list) or len(stop) > limits.max_stop or not all(
-            isinstance(s, str) and 0 < len(s) <= limits.max_stop_chars for s in stop):
-        raise _bad(f"'stop' must be a string or a list of at most {limits.max_stop} non-empty strings of at most "
-                   f"{limits.max_stop_chars} characters")
-    seed = random.getrandbits(63) if seed is None else seed
-    req = Request(id=str(seed), sample_idxs=list(range(n)))
-    if chat:
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not 1 <= len(messages) <= limits.max_messages or not all(
-                isinstance(m, dict) and m.get("role") in ROLES and _content(m.get("content")) is not None
-                for m in messages):
-            raise _bad(f"'messages' must be a list of 1 to {limits.max_messages} objects with a role "
-                       f"({', '.join(ROLES)}) and text content")
-        req.messages = [{"role": "system" if m["role"] == "developer" else m["role"], "content": _content(m["content"])}
-                        for m in messages]
-    else:
-        prompt = body.get("prompt")
-        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-            prompt = prompt[0]
-        if not isinstance(prompt, str) or not prompt:
-            raise _bad("'prompt' must be one non-empty string (token-id and batched prompts are not supported)")
-        req.prompt = prompt
-    # seed=0 in SamplingParams: each sample is seeded by (0, request id = the client's seed, index).
-    sampling = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=0)
-    return _Parsed(req, sampling, stop, bool(stream), bool(options and options.get("include_usage")))
-
-
-def _strip_bos(backend: Any, request: Request) -> Request:
-    bos = getattr(backend.tokenizer, "bos_token", None)
-    if request.prompt is not None and bos and request.prompt.startswith(bos):
-        # A client that applied the chat template already wrote the BOS; the backend adds one too.
-        request.prompt = request.prompt[len(bos):]
-    return request
-
-
-def _response(choices: list[dict], usage: dict, *, chat: bool, model_name: str) -> dict:
-    out = []
-    for c in choices:
-        if chat:
-            out.append({"index": c["index"], "message": {"role": "assistant", "content": c["text"]},
-                        "finish_reason": c["finish_reason"], "logprobs": None})
-        else:
-            out.append({"index": c["index"], "text": c["text"], "finish_reason": c["finish_reason"], "logprobs": None})
-    return {"id": ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12),
-            "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
-            "model": model_name, "choices": out, "usage": usage}
-
-
-async def _sse(p: Pending, parsed: _Parsed, model_name: str, chat: bool, release: Any):
-    """Server-Sent Events in OpenAI's chunk format. Leaving early (client gone) cancels the request."""
-    rid = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
-    created = int(time.time())
-    base = {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion", "created": created,
-            "model": model_name}
-    extra = {"usage": None} if parsed.include_usage else {}
-
-    def chunk(idx: int, text: str | None, finish: str | None, first: bool = False) -> str:
-        if chat:
-            delta = {"role": "assistant", "content": ""} if first else ({"content": text} if text else {})
-            choice = {"index": idx, "delta": delta, "finish_reason": finish, "logprobs": None}
-        else:
-            choice = {"index": idx, "text": text or "", "finish_reason": finish, "logprobs": None}
-        return "data: " + json.dumps({**base, "choices": [choice], **extra}) + "\n\n"
-
-    done = False
-    try:
-        if chat:
-            for i in range(p.n):
-                yield chunk(i, None, None, first=True)
-        while True:
-            event = await p.events.get()
-            if event[0] == "delta":
-                yield chunk(event[1], event[2], None)
-            elif event[0] == "finish":
-                yield chunk(event[1], event[2], event[3])
-            elif event[0] == "end":
-                if parsed.include_usage:
-                    yield "data: " + json.dumps({**base, "choices": [], "usage": event[1]}) + "\n\n"
-                break
-            else:  # ("error", ServeError)
-                err = event[1]
-                yield "data: " + json.dumps(_error_body(err.status, err.message, err.kind)) + "\n\n"
-                break
-        yield "data: [DONE]\n\n"
-        done = True
-    finally:
-        if not done:
-            p.cancel()
-        release()
 
 
 def serve(model: str, port: int = 8000, host: str = "127.0.0.1", *, served_model_name: str = "",
@@ -507,5 +303,5 @@ def serve(model: str, port: int = 8000, host: str = "127.0.0.1", *, served_model
 
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level.lower(), access_log=False,
                             timeout_graceful_shutdown=max(1, int(shutdown_timeout)),
-                            limit_concurrency=limits.max_queue + 64)
+                            limit_concurrency=4 * limits.max_queue + 64)  # beyond: uvicorn says 503
     Server(config).run()

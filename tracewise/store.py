@@ -54,7 +54,7 @@ def path_digest(path: str | os.PathLike) -> str:
             if rel.startswith("checkpoint-") or "/checkpoint-" in rel or rel.endswith(".partial.jsonl") \
                     or (name.startswith("cache-") and name.endswith(".arrow")) or name == LOCK_NAME \
                     or _TEMP_NAME.fullmatch(name):
-                continue  # training scratch, `datasets` map caches, the run lock and temp files do not define the artifact
+                continue  # training scratch, `datasets` caches, the run lock and temp files are not the artifact
             h.update(rel.encode() + b"\0")
             h.update(_file_sha(p).encode())
     elif path.is_file():

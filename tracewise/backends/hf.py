@@ -5,7 +5,8 @@ depends on which other samples share its batch, on the batch size and on the ord
 and a resumed run would not regenerate what an interrupted one produced. Here each sample owns a
 ``torch.Generator`` seeded by ``sample_seed(seed, request.id, sample_idx)``; its uniforms (one per
 step, drawn in small chunks as the row grows, never max_tokens of them up front) are turned into
-tokens by inverse-CDF sampling, so the random stream a sample sees never depends on its neighbours. The decode loop is otherwise what ``generate`` does:
+tokens by inverse-CDF sampling, so the random stream a sample sees never depends on its neighbours.
+The decode loop is otherwise what ``generate`` does:
 left-padded prefill, 2D attention mask + explicit position ids, a ``DynamicCache``, one token per
 step; rows that finish are dropped from the batch and from the KV cache.
 
