@@ -362,3 +362,45 @@ def test_max_tokens_never_allocates_a_buffer_of_that_size(backend: HFBackend) ->
     finally:
         del backend.model.forward
     assert (c.n_tokens, c.finish_reason) == (1, "stop")
+
+
+def test_a_stream_whose_client_is_gone_before_the_first_chunk_is_released(backend: HFBackend) -> None:
+    """The response never starts (the send fails), so the event generator never runs: the request must
+    still leave the server's count (else 429s forever) and its work must be cancelled."""
+    import gc
+
+    app = _app(backend)
+    body = json.dumps({"prompt": PROMPT, "max_tokens": 200, "stream": True}).encode()
+    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": "/v1/completions", "raw_path": b"/v1/completions",
+             "query_string": b"", "root_path": "", "client": ("127.0.0.1", 5), "server": ("127.0.0.1", 8000),
+             "headers": [(b"host", b"127.0.0.1"), (b"content-type", b"application/json")]}
+
+    async def run() -> None:
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive():
+            return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+        async def send(message):
+            raise OSError("client gone")
+
+        with contextlib.suppress(Exception):
+            await app(scope, receive, send)
+
+    try:
+        with slow_steps(backend, 0.01):
+            asyncio.run(run())
+            gc.collect()
+            assert app.state.counts["inflight"] == 0
+            deadline = time.monotonic() + 3
+            stats = app.state.engine.stats
+            while stats["cancelled_rows"] + stats["cancelled_queued"] == 0:
+                assert time.monotonic() < deadline, "the abandoned stream kept decoding"
+                time.sleep(0.02)
+            time.sleep(0.1)
+            steps = stats["steps"]
+            time.sleep(0.3)
+            assert stats["steps"] == steps < 200
+    finally:
+        app.state.engine.close()

@@ -31,6 +31,7 @@ import logging
 import os
 import secrets
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -128,7 +129,7 @@ def build_app(backend: Any, model_name: str, *, api_key: str | None = None, max_
         encoder.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="tracewise serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.engine, app.state.limits, app.state.context = engine, limits, context
+    app.state.engine, app.state.limits, app.state.context, app.state.counts = engine, limits, context, state
 
     def error(err: ServeError, headers: dict | None = None) -> JSONResponse:
         return JSONResponse(error_body(err.status, err.message, err.kind), status_code=err.status, headers=headers)
@@ -165,7 +166,10 @@ def build_app(backend: Any, model_name: str, *, api_key: str | None = None, max_
             engine.submit(p)
             if parsed.stream:
                 handed_off = True
-                gen = sse(p, parsed, model_name, chat, lambda: state.__setitem__("inflight", state["inflight"] - 1))
+                release = _releaser(p, state)
+                gen = sse(p, parsed, model_name, chat, release)
+                # A stream dropped before its first chunk never runs its finally: release it when collected too.
+                weakref.finalize(gen, release)
                 return StreamingResponse(gen, media_type="text/event-stream",
                                          headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
             result = await _wait_or_disconnect(p, http)
@@ -187,6 +191,20 @@ def build_app(backend: Any, model_name: str, *, api_key: str | None = None, max_
         return await handle(http, chat=True)
 
     return _Guard(app, api_key, allowed_hosts) if (api_key is not None or allowed_hosts is not None) else app
+
+
+def _releaser(p: Pending, state: dict) -> Any:
+    """Once (however the stream ends): the request leaves the server's count and its work is cancelled
+    (a no-op for a request that finished)."""
+    done = []
+
+    def release() -> None:
+        if not done:
+            done.append(True)
+            state["inflight"] -= 1
+            p.cancel()
+
+    return release
 
 
 def _context_length(backend: Any) -> int:

@@ -180,7 +180,8 @@ def response(choices: list[dict], usage: dict, *, chat: bool, model_name: str) -
 
 
 async def sse(p: Pending, parsed: Parsed, model_name: str, chat: bool, release: Any):
-    """Server-Sent Events in OpenAI's chunk format. Leaving early (client gone) cancels the request."""
+    """Server-Sent Events in OpenAI's chunk format. ``release()`` when it ends, however it ends (a client
+    that leaves early cancels the request)."""
     rid = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
     created = int(time.time())
     base = {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion", "created": created,
@@ -195,7 +196,6 @@ async def sse(p: Pending, parsed: Parsed, model_name: str, chat: bool, release: 
             choice = {"index": idx, "text": text or "", "finish_reason": finish, "logprobs": None}
         return "data: " + json.dumps({**base, "choices": [choice], **extra}) + "\n\n"
 
-    done = False
     try:
         if chat:
             for i in range(p.n):
@@ -215,8 +215,5 @@ async def sse(p: Pending, parsed: Parsed, model_name: str, chat: bool, release: 
                 yield "data: " + json.dumps(error_body(err.status, err.message, err.kind)) + "\n\n"
                 break
         yield "data: [DONE]\n\n"
-        done = True
     finally:
-        if not done:
-            p.cancel()
-        release()
+        release()  # also cancels the request if the client left early

@@ -189,6 +189,7 @@ class Engine:
                 with self._cv:
                     while self._inbox and self._inbox[0].cancelled:
                         self._inbox.popleft()
+                        self.stats["cancelled_queued"] += 1
                     take = self._take(live)
                     if not take and not live:
                         self._cv.wait(self._idle_wait())
@@ -230,6 +231,7 @@ class Engine:
             p = inbox[0]
             if p.cancelled:
                 inbox.popleft()
+                self.stats["cancelled_queued"] += 1
                 continue
             if rows + p.n > self.max_batch or not self._fits(p, take, live):
                 # Alone and idle, a request bigger than the budget still runs (its size is bounded by
