@@ -404,3 +404,28 @@ def test_a_stream_whose_client_is_gone_before_the_first_chunk_is_released(backen
             assert stats["steps"] == steps < 200
     finally:
         app.state.engine.close()
+
+
+def test_rows_with_different_settings_share_a_batch_without_changing_any_sample(backend: HFBackend) -> None:
+    """The engine batches requests whatever their temperature / top_p / max_tokens: each row must come out
+    exactly as it does decoded alone (its own nucleus, its own random stream, its own length)."""
+    settings = [(0.0, 1.0, 5), (1.0, 1.0, 9), (0.7, 0.9, 7), (1.0, 1.0, 3), (1.3, 0.5, 8), (0.7, 0.9, 6)]
+
+    def rows():
+        out = []
+        for i, (t, p, m) in enumerate(settings):
+            req = Request(id=f"r{i}", prompt=f"Question {i}: how many pens?")
+            sampling = SamplingParams(n=1, temperature=t, top_p=p, max_tokens=m, seed=4)
+            out.append(backend.make_row(req, 0, backend.encode_prompt(req), sampling))
+        return out
+
+    def decode(batch_rows):
+        batch = backend.start_batch(batch_rows)
+        while batch.active:
+            batch.step()
+        return [(r.tokens, r.finish_reason) for r in batch_rows]
+
+    together = decode(rows())
+    alone = [decode([r])[0] for r in rows()]
+    assert together == alone
+    assert [len(tokens) <= m for (tokens, _), (_, _, m) in zip(together, settings)] == [True] * len(settings)

@@ -350,6 +350,7 @@ class Decoding:
         self.active = list(rows)
         self.width = width
         self._extra = {"logits_to_keep": 1} if backend._keeps_last_logits else {}
+        self._groups: tuple | None = None  # (rows, {(temperature, top_p): row indices}, index tensors)
 
     def reserved_tokens(self) -> int:
         """KV-cache positions this batch may still grow to (prompt width + each row's max_tokens)."""
@@ -394,20 +395,23 @@ class Decoding:
 
     def _pick(self, logits: torch.Tensor) -> torch.Tensor:
         rows = self.active
-        settings = [(r.temperature, r.top_p) for r in rows]
+        if self._groups is None or self._groups[0] is not rows:  # rows change only when some finish
+            groups: dict[tuple[float, float], list[int]] = {}
+            for i, r in enumerate(rows):
+                groups.setdefault((r.temperature, r.top_p), []).append(i)
+            index = {k: torch.tensor(v, device=self.dev) for k, v in groups.items()} if len(groups) > 1 else {}
+            self._groups = (rows, groups, index)
+        _, groups, index = self._groups
         # One uniform per sampled row and step, from the row's own stream (greedy rows draw none).
-        uniforms = [r.next_uniform() if r.temperature > 0 else 0.0 for r in rows]
-        if len(set(settings)) == 1:
-            t, p = settings[0]
-            u = torch.tensor(uniforms, dtype=torch.float32, device=self.dev) if t > 0 else None
+        if len(groups) == 1:
+            ((t, p),) = groups
+            u = torch.tensor([r.next_uniform() for r in rows], dtype=torch.float32, device=self.dev) if t > 0 else None
             return _pick_tokens(logits, SamplingParams(temperature=t, top_p=p), u)
         # Mixed settings: each group is sampled exactly as it would be alone (the same nucleus, the same CDF).
         out = torch.empty(len(rows), dtype=torch.long, device=self.dev)
-        groups: dict[tuple[float, float], list[int]] = {}
-        for i, key in enumerate(settings):
-            groups.setdefault(key, []).append(i)
         for (t, p), idxs in groups.items():
-            idx = torch.tensor(idxs, device=self.dev)
-            u = torch.tensor([uniforms[i] for i in idxs], dtype=torch.float32, device=self.dev) if t > 0 else None
+            u = torch.tensor([rows[i].next_uniform() for i in idxs], dtype=torch.float32, device=self.dev) \
+                if t > 0 else None
+            idx = index[(t, p)]
             out[idx] = _pick_tokens(logits[idx], SamplingParams(temperature=t, top_p=p), u)
         return out
