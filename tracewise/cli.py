@@ -210,23 +210,38 @@ for _name in STUDIES:
 def serve(
     model: str = typer.Option(..., "--model", help="Local HF model directory, or an init-student run directory."),
     port: int = typer.Option(8000, "--port", help="TCP port."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind; anything but 127.0.0.1 exposes the model."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind; anything but loopback exposes the model "
+                             "and needs --api-key-env (or --insecure)."),
     served_model_name: str = typer.Option("", "--served-model-name", help="Model id clients send (default: dir name)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run the model repo's own code."),
-    api_key_env: str = typer.Option("", "--api-key-env", help="NAME of an env var whose key clients must send."),
+    api_key_env: str = typer.Option("", "--api-key-env", help="NAME of an env var whose key (>= 16 characters) "
+                                    "clients must send."),
+    insecure: bool = typer.Option(False, "--insecure", help="Allow a non-loopback bind without a key (or a short "
+                                  "key)."),
     max_batch: int = typer.Option(64, "--max-batch", help="Most samples decoded together."),
-    batch_wait_ms: float = typer.Option(50.0, "--batch-wait-ms", help="Most a request waits for the others expected to batch with it."),
+    batch_wait_ms: float = typer.Option(50.0, "--batch-wait-ms", help="Most a request waits for the others "
+                                        "expected to batch with it."),
+    max_tokens_cap: int = typer.Option(4096, "--max-tokens-cap", help="Most new tokens a request may ask for "
+                                       "(prompt + max_tokens must also fit the model's context)."),
+    max_batch_tokens: int = typer.Option(65536, "--max-batch-tokens", help="KV-cache positions (prompt + max_tokens "
+                                         "per sample) reserved over all batches decoding at once: bounds memory."),
+    max_queue: int = typer.Option(256, "--max-queue", help="Requests in the server at once; more get 429."),
+    max_body_bytes: int = typer.Option(2 * 2**20, "--max-body-bytes", help="Largest request body (413 beyond)."),
+    max_n: int = typer.Option(16, "--max-n", help="Most samples (n) per request."),
     threads: int = typer.Option(0, "--threads", help="torch CPU threads (0 = auto: free cores)."),
     log_level: str = typer.Option("INFO", "--log-level"),
 ) -> None:
-    """OpenAI-compatible server (/v1/models, /v1/completions, /v1/chat/completions) for a local model."""
+    """OpenAI-compatible server (/v1/models, /v1/completions, /v1/chat/completions, streaming too) for a local model."""
     setup_logging(log_level)
+    from tracewise.backends.serve import ServeLimits
     from tracewise.backends.serve import serve as run_server
 
+    limits = ServeLimits(max_tokens_cap=max_tokens_cap, max_batch_tokens=max_batch_tokens, max_queue=max_queue,
+                         max_body_bytes=max_body_bytes, max_n=max_n)
     try:
         run_server(model, port, host, served_model_name=served_model_name, trust_remote_code=trust_remote_code,
                    api_key_env=api_key_env, max_batch=max_batch, batch_wait_ms=batch_wait_ms, threads=threads,
-                   log_level=log_level)
+                   log_level=log_level, limits=limits, insecure=insecure)
     except ValueError as e:
         _error(e)
 

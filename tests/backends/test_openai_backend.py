@@ -158,3 +158,105 @@ def test_generate_end_to_end_through_the_cli(server, keyed, student_path: str, t
     before = (run_dir / "traces.jsonl").read_bytes()
     assert CliRunner().invoke(app, args).exit_code == 0  # a finished run is a no-op
     assert (run_dir / "traces.jsonl").read_bytes() == before
+
+
+# ---- key handling and hostile responses (no tracewise server needed) -------------------------------
+
+def test_a_key_is_never_sent_in_cleartext_to_another_machine(monkeypatch) -> None:
+    monkeypatch.setenv("TW_REMOTE_KEY", "sk-remote-0123456789abcdef")
+    with pytest.raises(ValueError, match="cleartext"):
+        OpenAIBackend("m", base_url="http://10.1.2.3:8000/v1", api_key_env="TW_REMOTE_KEY", check_endpoint=False)
+    for ok in ("https://10.1.2.3/v1", "http://127.0.0.1:8000/v1", "http://localhost:8000/v1", "http://[::1]:8/v1"):
+        b = OpenAIBackend("m", base_url=ok, api_key_env="TW_REMOTE_KEY", check_endpoint=False)
+        assert b._headers() == {"Authorization": "Bearer sk-remote-0123456789abcdef"}
+
+
+def test_openai_api_key_goes_to_openai_only_unless_named(monkeypatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-real-openai-key-0123456789")
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    for url in ("", "http://127.0.0.1:8000/v1", "https://some-other-provider.example/v1"):
+        assert OpenAIBackend("m", base_url=url, check_endpoint=False)._headers() == {}
+    assert OpenAIBackend("m", base_url="https://api.openai.com/v1", check_endpoint=False)._headers() == {
+        "Authorization": "Bearer sk-real-openai-key-0123456789"}
+    named = OpenAIBackend("m", base_url="https://x.example/v1", api_key_env="OPENAI_API_KEY", check_endpoint=False)
+    assert named._headers() == {"Authorization": "Bearer sk-real-openai-key-0123456789"}
+
+
+_GOOD = json.dumps({"choices": [{"message": {"content": "fine"}, "finish_reason": "stop"}],
+                    "usage": {"completion_tokens": 1, "prompt_tokens": 2}}).encode()
+
+
+@pytest.fixture()
+def scripted():
+    """A 127.0.0.1 server answering each POST with the next scripted (status, headers, body)."""
+    import http.server
+    import threading
+
+    script: list[tuple[int, dict, bytes]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's name
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            status, headers, body = script.pop(0) if script else (200, {}, _GOOD)
+            self.send_response(status)
+            for k, v in {"Content-Type": "application/json", "Content-Length": str(len(body)), **headers}.items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1", script
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("bad", [
+    (200, {"Content-Encoding": "gzip"}, b"this is not gzip"),  # httpx.DecodingError
+    (200, {}, b"[" * 200_000 + b"]" * 200_000),  # RecursionError in the JSON parser
+    (200, {}, b" " * (2 * 2**20) + _GOOD),  # over max_response_bytes
+    (429, {"Retry-After": "nan"}, b"{}"),
+    (503, {"Retry-After": "-5"}, b"{}"),
+    (429, {"Retry-After": "inf"}, b"{}"),
+], ids=["bad-gzip", "deep-json", "huge-body", "retry-after-nan", "retry-after-negative", "retry-after-inf"])
+def test_hostile_responses_are_retried_not_fatal(scripted, bad) -> None:
+    url, script = scripted
+    script.append(bad)
+    backend = OpenAIBackend("m", base_url=url, check_endpoint=False, report_failures=True, max_retries=2,
+                            backoff_base=0.05, max_response_bytes=2**20)
+    t0 = time.monotonic()
+    (c,) = _run(backend, [_chat(0, "x")], SamplingParams(n=1, max_tokens=4)).values()
+    assert (c.text, c.finish_reason, c.meta["attempts"]) == ("fine", "stop", 2)
+    assert time.monotonic() - t0 < 10
+
+
+def test_redact_is_linear_on_hostile_text() -> None:
+    from tracewise.core.redact import redact
+
+    for text in ("a." * 50_000, "a://" * 25_000, "http://" + "a" * 100_000 + ":", "?" + "key" * 30_000,
+                 "x" + "&token=v" * 20_000):
+        t0 = time.monotonic()
+        redact(text)
+        assert time.monotonic() - t0 < 0.5, text[:20]
+
+
+def test_redact_masks_token_keys_query_credentials_and_short_keys() -> None:
+    from tracewise.core.redact import check_env_name, redact, redact_obj, register_secret
+
+    cfg = {"token": "abc123secret", "bearer": "xyz789secret", "hf_token": "hf_abcdef", "max_tokens": 16,
+           "tokenizer": "Qwen/Qwen3-0.6B", "api_key_env": "OPENAI_API_KEY",
+           "base_url": "https://h.example/v1?api_key=sk-zz99&model=m&access_token=t0k3n&sig=abc"}
+    out = redact_obj(cfg)
+    assert out["token"] == out["bearer"] == out["hf_token"] == "***"
+    assert (out["max_tokens"], out["tokenizer"], out["api_key_env"]) == (16, "Qwen/Qwen3-0.6B", "OPENAI_API_KEY")
+    assert out["base_url"] == "https://h.example/v1?api_key=***&model=m&access_token=***&sig=***"
+    assert redact("GET https://u:pw@h.example/x") == "GET https://***@h.example/x"
+    # 4-5 characters: masked as a whole word only; under 4: cannot be masked, and the caller is told.
+    assert register_secret("Zq7w") is True and register_secret("ab1") is False
+    assert redact("key Zq7w used; Zq7wide is another word") == "key *** used; Zq7wide is another word"
+    with pytest.raises(ValueError, match="NAME of an environment variable"):
+        check_env_name("OPENAI_API_KEY\n", "openai.api_key_env")

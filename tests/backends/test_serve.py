@@ -29,7 +29,7 @@ def backend(student_path: str) -> HFBackend:
 
 @pytest.fixture(scope="module")
 def client(backend: HFBackend):
-    with TestClient(build_app(backend, NAME)) as c:
+    with TestClient(build_app(backend, NAME), base_url="http://127.0.0.1") as c:
         yield c
 
 
@@ -78,7 +78,7 @@ def test_concurrent_requests_are_batched_without_changing_any_sample(backend: HF
     bodies = [{"prompt": f"Problem {i}: add {i} and {i * 7}.", "max_tokens": 6, "seed": 100 + i} for i in range(6)]
 
     async def run(together: bool) -> list[str]:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as c:
             if together:
                 resps = await asyncio.gather(*(c.post("/v1/completions", json=b) for b in bodies))
             else:
@@ -86,17 +86,18 @@ def test_concurrent_requests_are_batched_without_changing_any_sample(backend: HF
         return [r.json()["choices"][0]["text"] for r in resps]
 
     batches: list[int] = []
-    real = backend.generate
+    real = backend.start_batch
 
-    def spy(requests, sampling, progress=None):
-        batches.append(len(requests))
-        return real(requests, sampling, progress)
+    def spy(rows):
+        batches.append(len(rows))
+        return real(rows)
 
-    backend.generate = spy
+    backend.start_batch = spy
     try:
         together, alone = asyncio.run(run(True)), asyncio.run(run(False))
     finally:
-        del backend.generate
+        del backend.start_batch
+        app.state.engine.close()
     assert max(batches) > 1, batches  # they really shared a batch
     assert together == alone
 
@@ -110,10 +111,10 @@ def test_stop_strings_cut_the_text(client) -> None:
 
 @pytest.mark.parametrize("path, body, status, needle", [
     ("/v1/completions", {"model": "other", "prompt": "x"}, 404, "does not exist"),
-    ("/v1/completions", {"prompt": "x", "stream": True}, 400, "streaming"),
+    ("/v1/completions", {"prompt": "x", "stream": "yes"}, 400, "'stream'"),
     ("/v1/completions", {"prompt": [1, 2, 3]}, 400, "'prompt'"),
-    ("/v1/completions", {"prompt": "x", "n": 0}, 400, "n <= 128"),
-    ("/v1/completions", {"prompt": "x", "max_tokens": "many"}, 400, "'max_tokens' must be a int"),
+    ("/v1/completions", {"prompt": "x", "n": 0}, 400, "'n' must be an integer in [1, 16]"),
+    ("/v1/completions", {"prompt": "x", "max_tokens": "many"}, 400, "'max_tokens' must be an integer"),
     ("/v1/chat/completions", {"messages": "hi"}, 400, "'messages'"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "stop": [""]}, 400, "'stop'"),
 ])
@@ -128,7 +129,7 @@ def test_invalid_json_is_a_400(client) -> None:
 
 
 def test_api_key_is_required_when_configured(backend: HFBackend) -> None:
-    with TestClient(build_app(backend, NAME, api_key=KEY)) as c:
+    with TestClient(build_app(backend, NAME, api_key=KEY), base_url="http://127.0.0.1") as c:
         assert c.get("/v1/models").status_code == 401
         assert c.get("/v1/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
         assert c.get("/v1/models", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
@@ -151,8 +152,12 @@ def captured(monkeypatch) -> dict:
         def __init__(self, path, **kwargs):
             seen["path"], seen["backend_kwargs"] = path, kwargs
 
+    def run(server, *args, **kwargs):
+        cfg = server.config
+        seen.update(host=cfg.host, port=cfg.port, app=cfg.app, graceful=cfg.timeout_graceful_shutdown)
+
     monkeypatch.setattr(hf, "HFBackend", FakeBackend)
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(kw))
+    monkeypatch.setattr(uvicorn.Server, "run", run)
     return seen
 
 
@@ -163,9 +168,11 @@ def test_serve_binds_localhost_and_keeps_remote_code_off_by_default(captured: di
     assert captured["backend_kwargs"]["trust_remote_code"] is False
 
 
-def test_serve_exposes_itself_and_runs_remote_code_only_when_asked(captured: dict, tmp_path: Path) -> None:
+def test_serve_exposes_itself_and_runs_remote_code_only_when_asked(captured: dict, tmp_path: Path,
+                                                                   monkeypatch) -> None:
+    monkeypatch.setenv("TW_LONG_KEY", KEY)
     res = CliRunner().invoke(cli_app, ["serve", "--model", str(tmp_path), "--port", "8123", "--host", "0.0.0.0",
-                                       "--trust-remote-code"])
+                                       "--trust-remote-code", "--api-key-env", "TW_LONG_KEY"])
     assert res.exit_code == 0, res.output
     assert captured["host"] == "0.0.0.0" and captured["backend_kwargs"]["trust_remote_code"] is True
 
@@ -185,3 +192,22 @@ def test_serve_refuses_a_model_that_is_not_a_causal_lm(tmp_path: Path) -> None:
 def test_init_student_run_dirs_resolve_to_their_model(student_run_dir: Path, student_path: str) -> None:
     assert resolve_model_path(str(student_run_dir)) == student_path
     assert resolve_model_path(student_path) == student_path
+
+
+def test_serve_refuses_a_public_bind_without_a_long_key(captured: dict, tmp_path: Path, monkeypatch) -> None:
+    base = ["serve", "--model", str(tmp_path), "--host", "0.0.0.0"]
+    res = CliRunner().invoke(cli_app, base)
+    assert res.exit_code == 2 and "--insecure" in res.output and "host" not in captured
+    monkeypatch.setenv("TW_SHORT_KEY", "short-key")
+    res = CliRunner().invoke(cli_app, [*base, "--api-key-env", "TW_SHORT_KEY"])
+    assert res.exit_code == 2 and "at least 16" in " ".join(res.output.split()) and "host" not in captured
+    res = CliRunner().invoke(cli_app, [*base, "--insecure"])  # said out loud: served to anyone
+    assert res.exit_code == 0 and captured["host"] == "0.0.0.0"
+    assert getattr(captured["app"], "allowed_hosts", None) is None  # public bind: no Host allow-list (the key guards)
+
+
+def test_serve_checks_host_on_loopback_and_bounds_shutdown(captured: dict, tmp_path: Path) -> None:
+    res = CliRunner().invoke(cli_app, ["serve", "--model", str(tmp_path), "--max-tokens-cap", "100"])
+    assert res.exit_code == 0, res.output
+    assert "127.0.0.1" in captured["app"].allowed_hosts and "localhost" in captured["app"].allowed_hosts
+    assert captured["app"].state.limits.max_tokens_cap == 100 and 0 < captured["graceful"] <= 10

@@ -169,3 +169,60 @@ def test_failed_write_keeps_old_file_and_leaves_no_tmp(tmp_path: Path) -> None:
         write_records(path, records())
     assert path.read_bytes() == old_bytes
     assert sorted(x.name for x in tmp_path.iterdir()) == ["problems.jsonl"]
+
+
+def test_deeply_nested_line_is_a_file_line_error_not_a_recursion_error(tmp_path: Path) -> None:
+    path = _write(tmp_path, [GOOD, '{"meta": ' + "[" * 100_000 + "]" * 100_000 + "}\n"])
+    with pytest.raises(ValueError, match=r"bad\.jsonl:2: JSON nested too deeply"):
+        read_records(path, Problem)
+
+
+def test_write_records_never_writes_through_a_planted_temp_symlink(tmp_path: Path) -> None:
+    """The old fixed temp name ``<file>.tmp`` could be a symlink to any file the user can write."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    path = tmp_path / "problems.jsonl"
+    (tmp_path / "problems.jsonl.tmp").symlink_to(victim)
+    write_records(path, [PROBLEM])
+    assert victim.read_text() == "precious\n"
+    assert [p.id for p in read_records(path, Problem)] == ["p1"] and not path.is_symlink()
+
+
+def test_concurrent_writers_of_one_file_never_share_a_temp_file(tmp_path: Path) -> None:
+    """Two writers (threads here; processes alike) each replace the file whole: it is always one
+    writer's complete set, no writer fails, and no temp file is left behind."""
+    import threading
+
+    path = tmp_path / "problems.jsonl"
+    sets = {w: [Problem(id=f"{w}{i}", question="q" * 2000, answer="1") for i in range(30)] for w in "ab"}
+    errors: list[BaseException] = []
+
+    def writer(w: str) -> None:
+        try:
+            for _ in range(25):
+                write_records(path, sets[w])
+        except BaseException as e:  # noqa: BLE001 - the test reports it
+            errors.append(e)
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert [p.id for p in read_records(path, Problem)] in ([p.id for p in sets["a"]], [p.id for p in sets["b"]])
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["problems.jsonl"]
+
+
+# ---- labels that become directory names (curate/ingest): the whole name must match -------------
+
+@pytest.mark.parametrize("name", ["r1\n", "r1\nx", "mix\n"])
+def test_names_with_a_trailing_newline_are_not_plain_names(name: str) -> None:
+    from tracewise.curate import CurateConfig
+    from tracewise.generate.ingest import IngestConfig
+
+    with pytest.raises(ValueError, match="ingest.teacher"):
+        IngestConfig(path="x.jsonl", tokenizer="t", teacher=name).validate()
+    with pytest.raises(ValueError, match="curate.mix_name"):
+        CurateConfig(generations=["g"], verdicts="v", mix_name=name).validate()
+    IngestConfig(path="x.jsonl", tokenizer="t", teacher="r1.v2+x").validate()  # a plain name passes

@@ -221,8 +221,8 @@ def test_kill_hook_kills_right_after_the_chosen_record(tmp_path: Path, point, lo
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert len((tmp_path / "log.partial.jsonl").read_text().splitlines()) == log_lines
     assert not (tmp_path / "final.jsonl").exists()
-    tmp = tmp_path / "final.jsonl.tmp"
-    assert (len(tmp.read_text().splitlines()) if tmp.exists() else None) == final_tmp_lines
+    tmps = list(tmp_path.glob(".final.jsonl.*.tmp"))  # records.open_temp's unique name
+    assert (len(tmps[0].read_text().splitlines()) if tmps else None) == final_tmp_lines
 
 
 def test_kill_hook_refuses_a_malformed_spec(monkeypatch) -> None:
@@ -231,3 +231,132 @@ def test_kill_hook_refuses_a_malformed_spec(monkeypatch) -> None:
     monkeypatch.setenv("TRACEWISE_TEST_KILL_AFTER", "traces.jsonl")
     with pytest.raises(ValueError, match="TRACEWISE_TEST_KILL_AFTER='traces.jsonl'"):
         kill_point("traces.jsonl")
+
+
+# ---- one process per run dir: the lock -----------------------------------------------------------
+
+_HOLDER = """
+import sys, time
+from dataclasses import dataclass
+from tracewise.core.store import save_config
+
+@dataclass
+class C:
+    lr: float = 0.1
+
+save_config(__import__("pathlib").Path(sys.argv[1]), C())
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def _hold_lock(run_dir: Path):
+    """Another process that has started the stage in ``run_dir`` (it holds the lock until killed)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.Popen([sys.executable, "-c", _HOLDER, str(run_dir)], stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_a_second_process_on_one_run_dir_is_refused_until_the_first_exits(tmp_path: Path) -> None:
+    run = tmp_path / "gen-abc"
+    proc = _hold_lock(run)
+    try:
+        with pytest.raises(ValueError, match=rf"run dir in use by pid {proc.pid}\b"):
+            save_config(run, Cfg())
+        # Nothing of ours was written: the holder's config stays.
+        assert "lr: 0.1" in (run / "config.yaml").read_text()
+    finally:
+        proc.kill()
+        proc.wait()
+    # The kernel drops the lock of a dead holder (however it died): the stage can resume now.
+    save_config(run, Cfg(lr=0.5))
+    save_config(run, Cfg(lr=0.5))  # this process holds it already: a no-op, not an error
+    assert not _free(run)
+    mark_done(run, {})  # releases it
+    assert _free(run)
+
+
+def _free(run: Path) -> bool:
+    """Whether nobody holds the run dir's lock (flock: another open file description conflicts even in-process)."""
+    import fcntl
+    import os
+
+    fd = os.open(run / ".lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def test_the_cli_says_which_pid_holds_the_run_dir_and_exits_2(tmp_path: Path, student_path: str) -> None:
+    from typer.testing import CliRunner
+
+    from tracewise.cli import app
+    from tracewise.core.config import load_config
+    from tracewise.generate import GenerateConfig
+    from tracewise.generate.stage import _inputs
+
+    args = [f"out={tmp_path}", f"tokenizer={student_path}", "problems.world.n_train=3", "problems.world.n_test=0",
+            "sampling.n=1"]
+    cfg = load_config(GenerateConfig, None, args)
+    run = stage_dir(cfg.out, "generate", cfg, inputs=_inputs(cfg))
+    proc = _hold_lock(run)
+    try:
+        res = CliRunner().invoke(app, ["generate", *args])
+    finally:
+        proc.kill()
+        proc.wait()
+    assert res.exit_code == 2 and f"in use by pid {proc.pid}" in " ".join(res.output.split()), res.output
+    assert not (run / "traces.jsonl").exists() and not is_done(run)
+
+
+def test_a_stage_finished_by_another_process_meanwhile_is_not_redone(tmp_path: Path) -> None:
+    run = tmp_path / "gen-abc"
+    run.mkdir()
+    (run / "DONE").write_text("{}\n")  # finished between this process's is_done() and its first write
+    with pytest.raises(ValueError, match="another process finished this stage"):
+        save_config(run, Cfg())
+    assert not (run / "config.yaml").exists()
+
+
+def test_save_config_is_atomic_and_never_follows_a_symlink(tmp_path: Path) -> None:
+    run = tmp_path / "gen-abc"
+    run.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    (run / "config.yaml").symlink_to(victim)
+    save_config(run, Cfg(lr=0.25))
+    assert victim.read_text() == "precious\n"
+    assert not (run / "config.yaml").is_symlink() and "lr: 0.25" in (run / "config.yaml").read_text()
+    mark_done(run, {"n": 1})
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "DONE", "config.yaml"]  # no temp files
+
+
+def test_lock_and_temp_files_do_not_change_a_directory_digest(tmp_path: Path) -> None:
+    d = tmp_path / "model"
+    d.mkdir()
+    (d / "weights.bin").write_bytes(b"w")
+    before = path_digest(d)
+    (d / ".lock").write_text("123\n")
+    (d / ".weights.bin.123.abcd0123.tmp").write_bytes(b"half")
+    assert path_digest(d) == before
+
+
+def test_temp_files_of_a_killed_writer_are_removed_when_the_stage_resumes(tmp_path: Path) -> None:
+    run = tmp_path / "gen-abc"
+    (run / "datasets").mkdir(parents=True)
+    stale = [run / ".traces.jsonl.4242.0badcafe.tmp", run / "datasets" / ".train.jsonl.4242.12345678.tmp"]
+    for f in stale:
+        f.write_text("half a file")
+    (run / "notes.tmp").write_text("not ours")
+    save_config(run, Cfg())
+    assert not any(f.exists() for f in stale) and (run / "notes.tmp").exists()
+    mark_done(run, {})

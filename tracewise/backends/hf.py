@@ -3,9 +3,10 @@
 Why not ``model.generate``: it draws every row's next token from the one global RNG, so a sample
 depends on which other samples share its batch, on the batch size and on the order of requests,
 and a resumed run would not regenerate what an interrupted one produced. Here each sample owns a
-``torch.Generator`` seeded by ``sample_seed(seed, request.id, sample_idx)``; its uniforms are drawn
-up front (one per step) and turned into tokens by inverse-CDF sampling, so the random stream a
-sample sees never depends on its neighbours. The decode loop is otherwise what ``generate`` does:
+``torch.Generator`` seeded by ``sample_seed(seed, request.id, sample_idx)``; its uniforms (one per
+step, drawn in small chunks as the row grows, never max_tokens of them up front) are turned into
+tokens by inverse-CDF sampling, so the random stream a sample sees never depends on its neighbours.
+The decode loop is otherwise what ``generate`` does:
 left-padded prefill, 2D attention mask + explicit position ids, a ``DynamicCache``, one token per
 step; rows that finish are dropped from the batch and from the KV cache.
 
@@ -50,15 +51,39 @@ _DTYPES = {
 }
 
 
+_UNIFORM_CHUNK = 64  # uniforms drawn per refill: a row never holds max_tokens of them up front
+
+
 @dataclass
 class _Row:
-    """One sample being generated: its prompt, its private random stream and its tokens so far."""
+    """One sample being generated: its prompt, its private random stream and its tokens so far.
+
+    ``max_tokens``/``temperature``/``top_p`` are the row's own (``tracewise serve`` batches
+    requests with different settings); ``owner`` is whatever the caller attached (serve: its request).
+    """
 
     request: Request
     sample_idx: int
     prompt_ids: list[int]
     seed: int  # sample_seed(...): the only source of this row's randomness
     tokens: list[int] = field(default_factory=list)
+    max_tokens: int = 0
+    temperature: float = 0.0
+    top_p: float = 1.0
+    finish_reason: str = ""  # set when the row finishes: "stop" (EOS or the caller's stop) or "length"
+    owner: Any = None
+    _generator: torch.Generator | None = field(default=None, repr=False)
+    _uniforms: list[float] = field(default_factory=list, repr=False)
+
+    def next_uniform(self) -> float:
+        """The uniform for this row's next step. Drawn in chunks from the row's own CPU generator: the
+        stream is the same as drawing max_tokens at once (torch's CPU generator is sequential), but
+        memory is one chunk per row whatever max_tokens a caller asks for."""
+        if not self._uniforms:
+            if self._generator is None:
+                self._generator = torch.Generator().manual_seed(self.seed)
+            self._uniforms = torch.rand(_UNIFORM_CHUNK, generator=self._generator).tolist()[::-1]
+        return self._uniforms.pop()
 
 
 def _resolve_device(device: str | torch.device) -> torch.device:
@@ -214,8 +239,16 @@ class HFBackend:
             for idx in idxs:
                 if not 0 <= idx < sampling.n:
                     raise ValueError(f"request {request.id!r}: sample_idx {idx} is outside 0..{sampling.n - 1}")
-                rows.append(_Row(request, idx, prompt_ids, sample_seed(sampling.seed, request.id, idx)))
+                rows.append(self.make_row(request, idx, prompt_ids, sampling))
         return rows
+
+    @staticmethod
+    def make_row(request: Request, idx: int, prompt_ids: list[int], sampling: SamplingParams,
+                 owner: Any = None) -> _Row:
+        """One sample to decode: ``prompt_ids`` already encoded, seeded by (sampling.seed, request.id, idx)."""
+        return _Row(request, idx, prompt_ids, sample_seed(sampling.seed, request.id, idx),
+                    max_tokens=sampling.max_tokens, temperature=sampling.temperature, top_p=sampling.top_p,
+                    owner=owner)
 
     def _plan_batches(self, rows: list[_Row], max_tokens: int) -> list[list[_Row]]:
         """Longest prompts first (an out-of-memory shows up at once), similar lengths together
@@ -251,75 +284,26 @@ class HFBackend:
         for batch in batches:
             yield self._decode_batch(batch, sampling, progress)
 
-    @torch.inference_mode()
     def _decode_batch(
         self, rows: list[_Row], sampling: SamplingParams, progress: Callable[[int], Any] | None
     ) -> list[Completion]:
-        dev = self.device
-        width = max(len(r.prompt_ids) for r in rows)
-        # Any id works as padding: padded positions are masked out and never attended to.
-        pad_id = self.tokenizer.pad_token_id
-        pad_id = min(self.eos_ids) if pad_id is None else pad_id
-        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            input_ids[i, width - len(row.prompt_ids) :] = torch.tensor(row.prompt_ids)
-            mask[i, width - len(row.prompt_ids) :] = 1
-        input_ids, mask = input_ids.to(dev), mask.to(dev)
-        # Positions count real tokens only, so a row's positions do not depend on its padding.
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        uniforms = None
-        if sampling.temperature > 0:
-            # Drawn per batch, not per request list: max_tokens floats per row add up over 10k rows.
-            # CPU generators give the same stream on every device.
-            uniforms = torch.stack(
-                [torch.rand(sampling.max_tokens, generator=torch.Generator().manual_seed(r.seed)) for r in rows]
-            ).to(dev)
-        cache = DynamicCache(config=self.model.config)
-        active = list(rows)
+        batch = self.start_batch(rows)
         done: list[Completion] = []
-        extra = {"logits_to_keep": 1} if self._keeps_last_logits else {}
-        for step in range(sampling.max_tokens):
-            out = self.model(
-                input_ids=input_ids,
-                attention_mask=mask,
-                position_ids=positions,
-                past_key_values=cache,
-                use_cache=True,
-                **extra,
-            )
-            step_uniforms = uniforms[:, step] if uniforms is not None else None
-            next_ids = _pick_tokens(out.logits[:, -1, :], sampling, step_uniforms)
-            keep: list[int] = []
-            finished = 0
-            # .tolist() is the one host sync per step; it is needed anyway to test for EOS.
-            for i, (row, tok) in enumerate(zip(active, next_ids.tolist())):
-                row.tokens.append(tok)
-                if tok in self.eos_ids or len(row.tokens) >= sampling.max_tokens:
-                    done.append(self._completion(row))
-                    finished += 1
-                else:
-                    keep.append(i)
+        while batch.active:
+            finished = batch.step()
+            done.extend(self._completion(r) for r in finished)
             if finished and progress is not None:
-                progress(finished)
-            if not keep:
-                break
-            next_pos = positions[:, -1:] + 1
-            if finished:
-                # Prune finished rows everywhere, KV cache included, so later steps cost less.
-                idx = torch.tensor(keep, device=dev)
-                cache.batch_select_indices(idx)
-                active = [active[i] for i in keep]
-                next_ids, mask, next_pos = next_ids[idx], mask[idx], next_pos[idx]
-                uniforms = uniforms[idx] if uniforms is not None else None
-            input_ids = next_ids[:, None]
-            mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
-            positions = next_pos
+                progress(len(finished))
         return done
 
+    def start_batch(self, rows: list[_Row]) -> "Decoding":
+        """Decode ``rows`` together one step at a time (``Decoding.step``), so that a caller can
+        interleave batches (``tracewise serve`` steps a long batch and newer short ones in turn)."""
+        return Decoding(self, rows)
+
     def _completion(self, row: _Row) -> Completion:
-        stopped = row.tokens[-1] in self.eos_ids
-        body = row.tokens[:-1] if stopped else row.tokens
+        body = self.body_tokens(row)
+        stopped = len(body) < len(row.tokens)
         # skip_special_tokens=False keeps <think>/</think>, which are special tokens in some tokenizers.
         text = self.tokenizer.decode(body, skip_special_tokens=False, clean_up_tokenization_spaces=False)
         return Completion(
@@ -330,3 +314,98 @@ class HFBackend:
             finish_reason="stop" if stopped else "length",
             meta={"prompt_tokens": len(row.prompt_ids)},
         )
+
+    def body_tokens(self, row: _Row) -> list[int]:
+        """The row's generated tokens without a final EOS."""
+        return row.tokens[:-1] if row.tokens and row.tokens[-1] in self.eos_ids else row.tokens
+
+
+class Decoding:
+    """One batch being decoded: left-padded prefill, 2D attention mask + explicit position ids, a
+    ``DynamicCache``, one token per ``step()``; rows that finish are dropped from the batch and from the
+    KV cache. Rows may differ in max_tokens, temperature and top_p (each group is sampled as if alone)."""
+
+    def __init__(self, backend: HFBackend, rows: list[_Row]):
+        self.backend, self.model, self.eos_ids = backend, backend.model, backend.eos_ids
+        dev = self.dev = backend.device
+        width = max(len(r.prompt_ids) for r in rows)
+        # Any id works as padding: padded positions are masked out and never attended to.
+        pad_id = backend.tokenizer.pad_token_id
+        pad_id = min(self.eos_ids) if pad_id is None else pad_id
+        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            input_ids[i, width - len(row.prompt_ids) :] = torch.tensor(row.prompt_ids)
+            mask[i, width - len(row.prompt_ids) :] = 1
+        self.input_ids, self.mask = input_ids.to(dev), mask.to(dev)
+        # Positions count real tokens only, so a row's positions do not depend on its padding.
+        self.positions = (self.mask.cumsum(-1) - 1).clamp(min=0)
+        self.cache = DynamicCache(config=self.model.config)
+        self.active = list(rows)
+        self.width = width
+        self._extra = {"logits_to_keep": 1} if backend._keeps_last_logits else {}
+        self._groups: tuple | None = None  # (rows, {(temperature, top_p): row indices}, index tensors)
+
+    def reserved_tokens(self) -> int:
+        """KV-cache positions this batch may still grow to (prompt width + each row's max_tokens)."""
+        return sum(self.width + r.max_tokens for r in self.active)
+
+    @torch.inference_mode()
+    def step(self, stop: Callable[[_Row], bool] | None = None) -> list[_Row]:
+        """Decode one token for every active row; return the rows that finished (``finish_reason``
+        set). ``stop(row)``, asked for each row whose new token is not EOS, finishes it now with
+        ``finish_reason == "stop"`` when true (a stop string, a cancelled request)."""
+        out = self.model(input_ids=self.input_ids, attention_mask=self.mask, position_ids=self.positions,
+                         past_key_values=self.cache, use_cache=True, **self._extra)
+        next_ids = self._pick(out.logits[:, -1, :])
+        keep: list[int] = []
+        finished: list[_Row] = []
+        # .tolist() is the one host sync per step; it is needed anyway to test for EOS.
+        for i, (row, tok) in enumerate(zip(self.active, next_ids.tolist())):
+            row.tokens.append(tok)
+            if tok in self.eos_ids or (stop is not None and stop(row)):
+                row.finish_reason = "stop"
+            elif len(row.tokens) >= row.max_tokens:
+                row.finish_reason = "length"
+            else:
+                keep.append(i)
+                continue
+            finished.append(row)
+        if not keep:
+            self.active = []
+            return finished
+        next_pos = self.positions[:, -1:] + 1
+        mask = self.mask
+        if finished:
+            # Prune finished rows everywhere, KV cache included, so later steps cost less.
+            idx = torch.tensor(keep, device=self.dev)
+            self.cache.batch_select_indices(idx)
+            self.active = [self.active[i] for i in keep]
+            next_ids, mask, next_pos = next_ids[idx], mask[idx], next_pos[idx]
+        self.input_ids = next_ids[:, None]
+        self.mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
+        self.positions = next_pos
+        return finished
+
+    def _pick(self, logits: torch.Tensor) -> torch.Tensor:
+        rows = self.active
+        if self._groups is None or self._groups[0] is not rows:  # rows change only when some finish
+            groups: dict[tuple[float, float], list[int]] = {}
+            for i, r in enumerate(rows):
+                groups.setdefault((r.temperature, r.top_p), []).append(i)
+            index = {k: torch.tensor(v, device=self.dev) for k, v in groups.items()} if len(groups) > 1 else {}
+            self._groups = (rows, groups, index)
+        _, groups, index = self._groups
+        # One uniform per sampled row and step, from the row's own stream (greedy rows draw none).
+        if len(groups) == 1:
+            ((t, p),) = groups
+            u = torch.tensor([r.next_uniform() for r in rows], dtype=torch.float32, device=self.dev) if t > 0 else None
+            return _pick_tokens(logits, SamplingParams(temperature=t, top_p=p), u)
+        # Mixed settings: each group is sampled exactly as it would be alone (the same nucleus, the same CDF).
+        out = torch.empty(len(rows), dtype=torch.long, device=self.dev)
+        for (t, p), idxs in groups.items():
+            u = torch.tensor([rows[i].next_uniform() for i in idxs], dtype=torch.float32, device=self.dev) \
+                if t > 0 else None
+            idx = index[(t, p)]
+            out[idx] = _pick_tokens(logits[idx], SamplingParams(temperature=t, top_p=p), u)
+        return out

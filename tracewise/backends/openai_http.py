@@ -15,14 +15,21 @@ that exhausts its retries (or gets a non-retryable 4xx) becomes a ``Completion``
 callers just do not get that sample, so their own resume logic asks again next run.
 
 The API key is read from the environment variable *named* by ``api_key_env`` and registered with
-``tracewise.core.redact`` so it never reaches a log line, a saved config or a stored failure reason.
+``tracewise.core.redact`` so it never reaches a log line, a saved config or a stored failure reason. With
+``api_key_env`` empty, ``$OPENAI_API_KEY`` is sent to ``api.openai.com`` only (never to a local or third-party
+server by default), and no key is ever sent over plain ``http://`` to a host other than this machine.
+Response bodies are read up to ``max_response_bytes`` (after decompression); a body that is too large,
+does not decompress, or is JSON nested too deeply is a retryable failure of that attempt.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import ipaddress
+import json
 import logging
+import math
 import os
 import queue
 import random
@@ -30,6 +37,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -44,6 +52,24 @@ FAILED = "error"  # finish_reason of a sample that exhausted its retries
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 _RETRY_STATUS = {408, 409, 425, 429}
 _DONE = object()
+OPENAI_HOST = "api.openai.com"
+
+
+def _host(url: str) -> str:
+    try:
+        return (urlsplit(url).hostname or "").lower()
+    except ValueError:
+        return ""
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback address (127.0.0.0/8, ::1): traffic that never leaves this machine."""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass
@@ -51,8 +77,9 @@ class OpenAIConfig:
     """Settings of the ``openai`` backend (``generate.openai.*``); none changes what a sample is."""
 
     base_url: str = doc("Endpoint root including /v1; empty = $OPENAI_BASE_URL or " + DEFAULT_BASE_URL + ".", "")
-    api_key_env: str = doc("NAME of the environment variable holding the API key (never the key); "
-                           "an unset variable sends no key (local servers).", "OPENAI_API_KEY")
+    api_key_env: str = doc("NAME of the environment variable holding the API key (never the key); an unset "
+                           "variable sends no key. Empty: OPENAI_API_KEY for https://api.openai.com only, "
+                           "no key for any other server.", "")
     endpoint: str = doc("'chat' (/v1/chat/completions) or 'completions' (/v1/completions: the chat template "
                         "is applied here with `tokenizer`; needed to continue a prefix).", "chat")
     tokenizer: str = doc("Tokenizer for the client-side chat template and for counting tokens when the server "
@@ -64,6 +91,8 @@ class OpenAIConfig:
     backoff_max: float = doc("Largest retry delay in seconds (Retry-After excepted).", 60.0)
     max_retry_after: float = doc("Cap on a server's Retry-After, in seconds.", 300.0)
     extra_body: dict = doc("Extra JSON fields sent with every request (e.g. {top_k: 20}).", factory=dict)
+    max_response_bytes: int = doc("Largest response body read (after decompression); a larger one is a "
+                                  "failed attempt.", 16 * 2**20)
 
     def validate(self) -> None:
         if self.endpoint not in ("chat", "completions"):
@@ -76,6 +105,8 @@ class OpenAIConfig:
         for name in ("timeout", "backoff_max", "max_retry_after"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"openai.{name} must be > 0, got {getattr(self, name)}")
+        if self.max_response_bytes < 1024:
+            raise ValueError(f"openai.max_response_bytes must be >= 1024, got {self.max_response_bytes}")
         if self.backoff_base < 0:
             raise ValueError(f"openai.backoff_base must be >= 0, got {self.backoff_base}")
         if self.base_url and not self.base_url.startswith(("http://", "https://")):
@@ -105,17 +136,19 @@ class _Fatal(Exception):
 class OpenAIBackend:
     """Generate through an OpenAI-compatible HTTP API with bounded concurrency and retries."""
 
-    def __init__(self, model: str, *, base_url: str = "", api_key_env: str = "OPENAI_API_KEY",
+    def __init__(self, model: str, *, base_url: str = "", api_key_env: str = "",
                  endpoint: str = "chat", tokenizer: Any = None, concurrency: int = 64, max_retries: int = 5,
                  timeout: float = 300.0, backoff_base: float = 1.0, backoff_max: float = 60.0,
                  max_retry_after: float = 300.0, extra_body: dict | None = None, report_failures: bool = False,
-                 check_endpoint: bool = True, batch_size: int | None = None, trust_remote_code: bool = False):
+                 check_endpoint: bool = True, batch_size: int | None = None, trust_remote_code: bool = False,
+                 max_response_bytes: int = 16 * 2**20):
         if not model:
             raise ValueError("openai backend: model (the served model name) is required")
         cfg = OpenAIConfig(base_url=base_url, api_key_env=api_key_env, endpoint=endpoint,
                            tokenizer=tokenizer if isinstance(tokenizer, str) else "", concurrency=concurrency,
                            max_retries=max_retries, timeout=timeout, backoff_base=backoff_base,
-                           backoff_max=backoff_max, max_retry_after=max_retry_after, extra_body=extra_body or {})
+                           backoff_max=backoff_max, max_retry_after=max_retry_after, extra_body=extra_body or {},
+                           max_response_bytes=max_response_bytes)
         cfg.validate()
         self.cfg = cfg
         self.model = model
@@ -126,8 +159,22 @@ class OpenAIBackend:
         self.report_failures = report_failures
         self.trust_remote_code = trust_remote_code
         self._tokenizer = tokenizer if tokenizer is not None and not isinstance(tokenizer, str) else None
+        host = _host(self.base_url)
+        if not host:
+            raise ValueError(f"{self.name}: openai.base_url {redact(self.base_url)!r} names no host")
+        if not api_key_env and host == OPENAI_HOST:
+            api_key_env = "OPENAI_API_KEY"
+        elif not api_key_env and os.environ.get("OPENAI_API_KEY"):
+            log.info("%s: not sending $OPENAI_API_KEY to %s (it goes to %s only unless openai.api_key_env names "
+                     "it)", self.name, host, OPENAI_HOST)
+        self.key_env = api_key_env
         self._api_key = os.environ.get(api_key_env) if api_key_env else None
-        register_secret(self._api_key)
+        if self._api_key and self.base_url.startswith("http://") and not is_loopback(host):
+            raise ValueError(f"{self.name}: refusing to send the key in ${api_key_env} in cleartext to {host} over "
+                             "http://; use an https:// base_url (or a server on this machine)")
+        if self._api_key and not register_secret(self._api_key):
+            log.warning("%s: the key in $%s is under 4 characters and cannot be masked in logs (a placeholder "
+                        "like 'EMPTY' is fine; a real key is not)", self.name, api_key_env)
         if self._api_key:
             log.info("%s: using the API key from $%s", self.name, api_key_env)
         self.stats = {"ok": 0, "failed": 0, "retries": 0}
@@ -246,12 +293,12 @@ class OpenAIBackend:
                 last = e
                 continue
             if resp.status_code in (401, 403):
-                raise ValueError(f"{self.name}: {self.base_url} rejected the API key (HTTP {resp.status_code}); "
-                                 f"check ${self.cfg.api_key_env}")
+                raise ValueError(f"{self.name}: {redact(self.base_url)} rejected the API key (HTTP "
+                                 f"{resp.status_code}); check ${self.key_env or 'OPENAI_API_KEY'}")
             if resp.status_code == 200:
                 try:
                     ids = [m.get("id") for m in resp.json().get("data", [])]
-                except (ValueError, AttributeError):
+                except (ValueError, AttributeError, RecursionError):
                     ids = []
                 if ids and self.model not in ids:
                     log.warning("%s: the server lists models %s, not %r", self.name, ids[:10], self.model)
@@ -311,7 +358,9 @@ class OpenAIBackend:
                 reason, delay = f"timeout after {self.cfg.timeout:g} s", None
             except httpx.TimeoutException as e:
                 reason, delay = f"timeout ({type(e).__name__})", None
-            except httpx.TransportError as e:  # refused, reset, closed mid-body
+            except (httpx.TransportError, httpx.DecodingError) as e:  # refused, reset, closed mid-body, bad gzip
+                reason, delay = f"{type(e).__name__}: {e}".rstrip(": "), None
+            except httpx.HTTPError as e:  # anything else httpx raises for this one response
                 reason, delay = f"{type(e).__name__}: {e}".rstrip(": "), None
             except _Retry as e:
                 reason, delay = str(e), e.delay
@@ -347,20 +396,38 @@ class OpenAIBackend:
                 seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
             except (TypeError, ValueError):
                 return None
+        if not math.isfinite(seconds):  # "nan", "inf": no usable delay, so the usual backoff
+            return None
         return min(max(seconds, 0.0), self.cfg.max_retry_after)
 
+    async def _read_body(self, resp: httpx.Response) -> bytes:
+        """The (decompressed) body, refusing more than ``max_response_bytes``."""
+        cap = self.cfg.max_response_bytes
+        declared = resp.headers.get("content-length", "")
+        too_big = f"response body larger than {cap} bytes"
+        if declared.isdigit() and int(declared) > cap and not resp.headers.get("content-encoding"):
+            raise _Retry(too_big)
+        chunks, size = [], 0
+        async for chunk in resp.aiter_bytes():
+            size += len(chunk)
+            if size > cap:
+                raise _Retry(too_big)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
     async def _attempt(self, client: httpx.AsyncClient, path: str, job: _Job) -> Completion:
-        resp = await client.post(path, json=job.body)
+        async with client.stream("POST", path, json=job.body) as resp:
+            raw = await self._read_body(resp)
         code = resp.status_code
         if code != 200:
-            snippet = " ".join(resp.text[:300].split())
+            snippet = " ".join(raw[:600].decode("utf-8", "replace")[:300].split())
             if code in _RETRY_STATUS or code >= 500:
                 raise _Retry(f"HTTP {code}: {snippet}", self._retry_after(resp) if code in (429, 503) else None)
             raise _Fatal(f"HTTP {code}: {snippet}")
         try:
-            data = resp.json()
-        except ValueError:
-            raise _Retry(f"malformed JSON in the response body: {resp.text[:80]!r}") from None
+            data = json.loads(raw)
+        except (ValueError, RecursionError):  # not JSON, bad UTF-8, or nested past the parser's stack
+            raise _Retry(f"malformed JSON in the response body: {raw[:80]!r}") from None
         choices = data.get("choices") if isinstance(data, dict) else None
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
             raise _Retry("response has no choices")

@@ -1,18 +1,27 @@
 """``tracewise serve``: an OpenAI-compatible server for a local HF model or the embedded student.
 
-Endpoints: ``GET /v1/models``, ``POST /v1/completions``, ``POST /v1/chat/completions`` (no
-streaming). Any OpenAI client can talk to a tracewise student, and the ``openai`` backend is tested
-against this real server instead of a mock.
+Endpoints: ``GET /v1/models``, ``POST /v1/completions``, ``POST /v1/chat/completions`` (with or without
+``stream``: Server-Sent Events in OpenAI's chunk format, ``data: [DONE]`` last, usage in a final chunk
+with ``stream_options.include_usage``), ``GET /health``. Any OpenAI client can talk to a tracewise
+student, and the ``openai`` backend is tested against this real server instead of a mock.
 
-Requests that arrive together are decoded together: a batcher collects what is queued (up to
-``max_batch`` samples; it waits, at most ``batch_wait_ms``, for as many as the last round had, so a
-lone client never waits and concurrent clients share batches), groups it by sampling settings and hands each group to ``HFBackend.generate`` on one worker thread (the model is not
-thread-safe). Each sample is seeded by the request's ``seed`` and its index only (``HFBackend``
-seeds from ``(seed, request id, idx)`` and the request id here is the seed), so what a client gets
-does not depend on which other requests shared its batch.
+Built to survive hostile clients, like the servers users trust (vLLM's OpenAI server, TGI):
 
-Safe defaults: binds 127.0.0.1 (exposing it takes an explicit ``--host``), ``trust_remote_code``
-off unless passed, and an optional API key read from the environment variable ``--api-key-env``.
+* every field is validated against the model: prompt + max_tokens within the context, max_tokens <=
+  ``max_tokens_cap``, n and the message count bounded, finite temperature in [0, 2], at most 4 stop
+  strings of at most 64 characters; JSON only (``Content-Type: application/json``, else 415; no NaN);
+* each request is encoded when it arrives, on a worker thread (never on the event loop), so a bad one
+  fails alone; a batch that fails is retried one request at a time (``serve_engine``);
+* a bounded number of requests in the server (more: 429 with Retry-After), a body cap (413), bounded
+  KV memory (``max_batch_tokens``); a client that disconnects cancels its work;
+* errors are fixed messages per kind: never another client's text, never a server path;
+* Host is checked on loopback binds (no DNS rebinding), /docs and /openapi.json are off, a
+  non-loopback bind needs an API key of >= 16 characters (or an explicit ``--insecure``);
+* SIGTERM/SIGINT stop the model thread after its current step, fail what is in flight with 503 and
+  exit within seconds.
+
+Each sample is seeded by the request's ``seed`` and its index only, so what a client gets does not
+depend on which other requests shared its batch.
 """
 
 from __future__ import annotations
@@ -20,16 +29,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import random
 import secrets
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tracewise.backends.base import Completion, Request, SamplingParams
+from tracewise.backends.base import Request
 from tracewise.core.redact import check_env_name, register_secret
+from tracewise.backends.serve_api import ServeLimits, bad, error_body, loads, parse_body, response, sse, strip_bos
+from tracewise.backends.serve_engine import SHUTTING_DOWN, Engine, Pending, ServeError
+
+__all__ = ["ServeLimits", "build_app", "resolve_model_path", "serve"]
 
 try:  # module level: FastAPI resolves the handlers' (string) annotations in this module's globals
     from fastapi import Request as HTTPRequest
@@ -37,6 +49,9 @@ except ImportError:  # the `serve` extra is optional; serve() says how to instal
     HTTPRequest = None
 
 log = logging.getLogger(__name__)
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+MIN_KEY_CHARS = 16
 
 
 def resolve_model_path(path: str) -> str:
@@ -47,161 +62,125 @@ def resolve_model_path(path: str) -> str:
     return path
 
 
-@dataclass
-class _Pending:
-    request: Request  # id = the seed as text; sample_idxs = 0..n-1
-    sampling: SamplingParams
-    future: asyncio.Future
+def _host_name(value: str) -> str:
+    value = value.strip().lower()
+    if value.startswith("["):  # [::1]:8000
+        return value[1:value.find("]")] if "]" in value else value
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
 
 
-def _samples(items: list[_Pending]) -> int:
-    return sum(len(p.request.sample_idxs or []) for p in items)
+class _Guard:
+    """ASGI middleware run before routing: Host check (loopback binds) and the API key."""
+
+    def __init__(self, app: Any, api_key: str | None, allowed_hosts: frozenset[str] | None):
+        self.app, self.api_key, self.allowed_hosts = app, api_key, allowed_hosts
+        self.state = app.state
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            headers = {k.lower(): v for k, v in scope.get("headers", [])}
+            err = None
+            if self.allowed_hosts is not None and \
+                    _host_name(headers.get(b"host", b"").decode("latin-1")) not in self.allowed_hosts:
+                err = ServeError(400, "invalid Host header", "invalid_request_error")
+            elif self.api_key is not None and scope.get("path") != "/health":
+                sent = headers.get(b"authorization", b"")
+                if not secrets.compare_digest(sent, f"Bearer {self.api_key}".encode()):
+                    err = ServeError(401, "invalid or missing API key", "authentication_error")
+            if err is not None:
+                from fastapi.responses import JSONResponse
+
+                resp = JSONResponse(error_body(err.status, err.message, err.kind), status_code=err.status)
+                return await resp(scope, receive, send)
+        await self.app(scope, receive, send)
 
 
-class Batcher:
-    """Collects concurrent requests into batches for one backend running on one thread."""
-
-    def __init__(self, backend: Any, max_batch: int = 64, batch_wait_ms: float = 50.0):
-        self.backend = backend
-        self.max_batch = max_batch
-        self.batch_wait = batch_wait_ms / 1000
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tracewise-serve")
-        self._task: asyncio.Task | None = None
-        self._owner: asyncio.AbstractEventLoop | None = None
-
-    def start(self) -> None:
-        """Start the batching task on the running loop (again, if the app moved to a new loop)."""
-        loop = asyncio.get_running_loop()
-        if self._task is not None and self._owner is loop and not self._task.done():
-            return
-        self.queue: asyncio.Queue[_Pending] = asyncio.Queue()
-        self._owner, self._task = loop, loop.create_task(self._loop())
-
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-        self.executor.shutdown(wait=False, cancel_futures=True)
-
-    async def submit(self, request: Request, sampling: SamplingParams) -> list[Completion]:
-        self.start()  # a no-op once running; ASGI transports without lifespan events start it here
-        fut = asyncio.get_running_loop().create_future()
-        await self.queue.put(_Pending(request, sampling, fut))
-        return await fut
-
-    async def _loop(self) -> None:
-        carry: list[_Pending] = []
-        # Expect as many samples as were in the system last round (the last batch plus what queued up
-        # while it decoded): a lone client never waits, and many concurrent clients, whose next
-        # requests trickle in as their answers arrive, are decoded together instead of in fragments.
-        # Waiting is capped at batch_wait (measurements in docs/backends.md).
-        target = 1
-        while True:
-            items = carry or [await self.queue.get()]
-            carry = []
-            deadline = time.monotonic() + self.batch_wait
-            while _samples(items) < min(target, self.max_batch):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                try:
-                    items.append(await asyncio.wait_for(self.queue.get(), left))
-                except asyncio.TimeoutError:
-                    break
-            while _samples(items) < self.max_batch and not self.queue.empty():
-                items.append(self.queue.get_nowait())
-            groups: dict[tuple, list[_Pending]] = {}
-            for p in items:
-                key = (p.sampling.temperature, p.sampling.top_p, p.sampling.max_tokens)
-                group = groups.setdefault(key, [])
-                # Two requests with one seed would be indistinguishable in the output: one waits.
-                if any(q.request.id == p.request.id for q in group):
-                    carry.append(p)
-                else:
-                    group.append(p)
-            for group in groups.values():
-                await self._run_group(group)
-            target = _samples(items) + self.queue.qsize()
-
-    async def _run_group(self, group: list[_Pending]) -> None:
-        first = group[0].sampling
-        sampling = SamplingParams(n=max(p.sampling.n for p in group), temperature=first.temperature,
-                                  top_p=first.top_p, max_tokens=first.max_tokens, seed=0)
-        requests = [p.request for p in group]
-
-        def work() -> list[Completion]:
-            return [c for batch in self.backend.generate(requests, sampling) for c in batch]
-
-        try:
-            done = await asyncio.get_running_loop().run_in_executor(self.executor, work)
-        except Exception as e:  # one bad request must not take the server down
-            for p in group:
-                if not p.future.done():
-                    p.future.set_exception(e)
-            return
-        by_id: dict[str, list[Completion]] = {}
-        for c in done:
-            by_id.setdefault(c.request_id, []).append(c)
-        for p in group:
-            if not p.future.done():
-                p.future.set_result(sorted(by_id.get(p.request.id, []), key=lambda c: c.sample_idx))
-
-
-def build_app(backend: Any, model_name: str, *, api_key: str | None = None, max_batch: int = 64,
-              batch_wait_ms: float = 50.0):
-    """The FastAPI app serving ``backend`` (anything with the Backend protocol and a ``tokenizer``)."""
+def build_app(backend: Any, model_name: str, *, api_key: str | None = None, max_batch: int | None = None,
+              batch_wait_ms: float | None = None, limits: ServeLimits | None = None,
+              allowed_hosts: frozenset[str] | None = LOOPBACK_HOSTS):
+    """The ASGI app serving ``backend`` (an ``HFBackend``). ``allowed_hosts=None`` skips the Host check
+    (non-loopback binds, where the API key is the guard)."""
     from contextlib import asynccontextmanager
 
     try:
         from fastapi import FastAPI
-        from fastapi.responses import JSONResponse
+        from fastapi.responses import JSONResponse, StreamingResponse
     except ImportError as e:
         raise ValueError("tracewise serve needs fastapi and uvicorn: pip install 'tracewise[serve]'") from e
 
-    batcher = Batcher(backend, max_batch=max_batch, batch_wait_ms=batch_wait_ms)
+    limits = limits or ServeLimits()
+    if max_batch is not None:
+        limits.max_batch, limits.max_n = max_batch, min(limits.max_n, max_batch)
+    if batch_wait_ms is not None:
+        limits.batch_wait_ms = batch_wait_ms
+    limits.validate()
+    context = _context_length(backend)
+    engine = Engine(backend, max_batch=limits.max_batch, max_batch_tokens=limits.max_batch_tokens,
+                    max_live_batches=limits.max_live_batches, batch_wait_ms=limits.batch_wait_ms)
+    encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tracewise-serve-encode")
     created = int(time.time())
+    state = {"inflight": 0}
 
     @asynccontextmanager
     async def lifespan(_app):
-        batcher.start()
+        engine.start()
         yield
-        await batcher.stop()
+        engine.close()
+        encoder.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title="tracewise serve", lifespan=lifespan)
+    app = FastAPI(title="tracewise serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.engine, app.state.limits, app.state.context, app.state.counts = engine, limits, context, state
 
-    def error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
-        return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
+    def error(err: ServeError, headers: dict | None = None) -> JSONResponse:
+        return JSONResponse(error_body(err.status, err.message, err.kind), status_code=err.status, headers=headers)
 
-    @app.middleware("http")
-    async def check_key(request: HTTPRequest, call_next):
-        if api_key is not None:
-            sent = request.headers.get("authorization", "")
-            if not secrets.compare_digest(sent.encode(), f"Bearer {api_key}".encode()):
-                return error(401, "invalid or missing API key", "authentication_error")
-        return await call_next(request)
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok" if not engine.closing else "shutting down"}
 
     @app.get("/v1/models")
     async def models() -> dict:
         return {"object": "list", "data": [{"id": model_name, "object": "model", "created": created,
-                                            "owned_by": "tracewise"}]}
+                                            "owned_by": "tracewise", "max_model_len": context}]}
 
     async def handle(http: HTTPRequest, chat: bool) -> Any:
+        ctype = http.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype != "application/json":
+            return error(ServeError(415, "Content-Type must be application/json", "invalid_request_error"))
+        if state["inflight"] >= limits.max_queue or engine.closing:
+            err = SHUTTING_DOWN if engine.closing else ServeError(429, "the server is busy; retry later",
+                                                                   "rate_limit_error")
+            return error(err, {"Retry-After": "1"})
+        engine.start()  # a no-op once running; ASGI transports without lifespan events start it here
+        state["inflight"] += 1
+        handed_off = False
         try:
-            body = await http.json()
-        except ValueError:
-            return error(400, "request body is not valid JSON")
-        if not isinstance(body, dict):
-            return error(400, "request body must be a JSON object")
-        try:
-            request, sampling, stop = _parse_body(body, chat, model_name, backend.tokenizer)
-        except _NotFound as e:
-            return error(404, str(e), "not_found_error")
-        except ValueError as e:
-            return error(400, str(e))
-        try:
-            done = await batcher.submit(request, sampling)
-        except ValueError as e:
-            return error(400, str(e))
-        return _response(done, chat, model_name, backend.tokenizer, stop)
+            raw = await _read_body(http, limits.max_body_bytes)
+            parsed = parse_body(loads(raw), chat, model_name, limits)
+            loop = asyncio.get_running_loop()
+            ids = await loop.run_in_executor(encoder, _encode, backend, strip_bos(backend, parsed.request))
+            if len(ids) + parsed.sampling.max_tokens > context:
+                raise bad(f"the prompt ({len(ids)} tokens) plus max_tokens ({parsed.sampling.max_tokens}) exceed "
+                           f"the model's context of {context} tokens")
+            p = Pending(loop, parsed.request, ids, parsed.sampling, parsed.stop, parsed.stream)
+            engine.submit(p)
+            if parsed.stream:
+                handed_off = True
+                release = _releaser(p, state)
+                gen = sse(p, parsed, model_name, chat, release)
+                # A stream dropped before its first chunk never runs its finally: release it when collected too.
+                weakref.finalize(gen, release)
+                return StreamingResponse(gen, media_type="text/event-stream",
+                                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            result = await _wait_or_disconnect(p, http)
+            if result is None:  # the client went away; nobody reads this
+                return JSONResponse({}, status_code=499)
+            return response(*result, chat=chat, model_name=model_name)
+        except ServeError as e:
+            return error(e, {"Retry-After": "1"} if e.status in (429, 503) else None)
+        finally:
+            if not handed_off:
+                state["inflight"] -= 1
 
     @app.post("/v1/completions")
     async def completions(http: HTTPRequest) -> Any:
@@ -211,98 +190,94 @@ def build_app(backend: Any, model_name: str, *, api_key: str | None = None, max_
     async def chat_completions(http: HTTPRequest) -> Any:
         return await handle(http, chat=True)
 
-    return app
+    return _Guard(app, api_key, allowed_hosts) if (api_key is not None or allowed_hosts is not None) else app
 
 
-class _NotFound(ValueError):
-    pass
+def _releaser(p: Pending, state: dict) -> Any:
+    """Once (however the stream ends): the request leaves the server's count and its work is cancelled
+    (a no-op for a request that finished)."""
+    done = []
+
+    def release() -> None:
+        if not done:
+            done.append(True)
+            state["inflight"] -= 1
+            p.cancel()
+
+    return release
 
 
-def _number(body: dict, key: str, default: Any, kind: type) -> Any:
-    value = body.get(key, default)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
-        raise ValueError(f"'{key}' must be a {kind.__name__}, got {value!r}")
-    return kind(value)
+def _context_length(backend: Any) -> int:
+    config = getattr(getattr(backend, "model", None), "config", None)
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 2048
 
 
-def _parse_body(body: dict, chat: bool, model_name: str, tokenizer: Any) -> tuple[Request, SamplingParams, list[str]]:
-    model = body.get("model")
-    if model not in (None, model_name):
-        raise _NotFound(f"the model {model!r} does not exist; this server serves {model_name!r}")
-    if body.get("stream"):
-        raise ValueError("streaming is not supported by tracewise serve")
-    n = _number(body, "n", 1, int)
-    max_tokens = _number(body, "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens", 16, int)
-    temperature = _number(body, "temperature", 1.0, float)
-    top_p = _number(body, "top_p", 1.0, float)
-    seed = _number(body, "seed", None, int)
-    if not 1 <= n <= 128 or max_tokens < 1 or temperature < 0 or not 0 < top_p <= 1:
-        raise ValueError("need 1 <= n <= 128, max_tokens >= 1, temperature >= 0 and 0 < top_p <= 1")
-    stop = body.get("stop") or []
-    stop = [stop] if isinstance(stop, str) else stop
-    if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
-        raise ValueError("'stop' must be a string or a list of non-empty strings")
-    seed = random.getrandbits(63) if seed is None else seed
-    req = Request(id=str(seed), sample_idxs=list(range(n)))
-    if chat:
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages or not all(
-                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-                for m in messages):
-            raise ValueError("'messages' must be a non-empty list of {role, content} objects with text content")
-        req.messages = [{"role": m["role"], "content": m["content"]} for m in messages]
-    else:
-        prompt = body.get("prompt")
-        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-            prompt = prompt[0]
-        if not isinstance(prompt, str) or not prompt:
-            raise ValueError("'prompt' must be one non-empty string (token-id and batched prompts are not supported)")
-        # A client that applied the chat template already wrote the BOS; the backend adds one too.
-        bos = getattr(tokenizer, "bos_token", None)
-        if bos and prompt.startswith(bos):
-            prompt = prompt[len(bos):]
-        req.prompt = prompt
-    return req, SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed), stop
+async def _read_body(http: HTTPRequest, cap: int) -> bytes:
+    """The body, at most ``cap`` bytes (413 beyond). A too-large body is drained (up to 64 MiB, without
+    keeping it) before the 413, so the client reads the answer instead of a reset connection."""
+    too_big = ServeError(413, f"request body larger than {cap} bytes", "invalid_request_error")
+    declared = http.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > max(cap, 64 * 2**20)):
+        raise too_big
+    chunks, size = [], 0
+    async for chunk in http.stream():
+        size += len(chunk)
+        if size <= cap:
+            chunks.append(chunk)
+        elif size > max(cap, 64 * 2**20):
+            break
+    if size > cap:
+        raise too_big
+    return b"".join(chunks)
 
 
-def _response(done: list[Completion], chat: bool, model_name: str, tokenizer: Any, stop: list[str]) -> dict:
-    choices, completion_tokens, prompt_tokens = [], 0, 0
-    for i, c in enumerate(done):
-        text, finish, n_tok = c.text, c.finish_reason, c.n_tokens
-        cut = min((text.find(s) for s in stop if s in text), default=-1)
-        if cut >= 0:  # stop strings are applied after decoding; the count is of the text kept
-            text, finish = text[:cut], "stop"
-            n_tok = len(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
-        completion_tokens += n_tok
-        prompt_tokens = int(c.meta.get("prompt_tokens", prompt_tokens))
-        if chat:
-            choices.append({"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": finish,
-                            "logprobs": None})
-        else:
-            choices.append({"index": i, "text": text, "finish_reason": finish, "logprobs": None})
-    return {
-        "id": ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12),
-        "object": "chat.completion" if chat else "text_completion",
-        "created": int(time.time()),
-        "model": model_name,
-        "choices": choices,
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                  "total_tokens": prompt_tokens + completion_tokens},
-    }
+def _encode(backend: Any, request: Request) -> list[int]:
+    """On the encoder thread. Whatever goes wrong is this request's fixed-message 400."""
+    try:
+        ids = backend.encode_prompt(request)
+    except Exception as e:
+        log.debug("serve: encoding failed: %s", type(e).__name__)
+        raise bad("the prompt could not be encoded (empty, or not valid for this model's chat template)") from None
+    return ids
+
+
+async def _wait_or_disconnect(p: Pending, http: HTTPRequest) -> Any:
+    """The request's result, or None as soon as the client disconnects (its work is then cancelled)."""
+    async def disconnected() -> None:
+        while (await http.receive())["type"] != "http.disconnect":
+            pass
+
+    watch = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({p.future, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+        if not p.future.done():
+            p.cancel()
+    if not p.future.done():
+        return None
+    return p.future.result()  # raises the request's ServeError
 
 
 def serve(model: str, port: int = 8000, host: str = "127.0.0.1", *, served_model_name: str = "",
           trust_remote_code: bool = False, api_key_env: str = "", device: str = "auto", dtype: str = "auto",
-          max_batch: int = 64, batch_wait_ms: float = 50.0, threads: int = 0, log_level: str = "info") -> None:
-    """Load ``model`` with the ``hf`` backend and serve it until interrupted."""
+          max_batch: int = 64, batch_wait_ms: float = 50.0, threads: int = 0, log_level: str = "info",
+          limits: ServeLimits | None = None, insecure: bool = False, shutdown_timeout: float = 5.0) -> None:
+    """Load ``model`` with the ``hf`` backend and serve it until SIGINT/SIGTERM."""
     try:
         import uvicorn
     except ImportError as e:
         raise ValueError("tracewise serve needs fastapi and uvicorn: pip install 'tracewise[serve]'") from e
     from tracewise.backends.hf import HFBackend
 
+    limits = limits or ServeLimits()
+    limits.max_batch, limits.batch_wait_ms = max_batch, batch_wait_ms
+    limits.max_n = min(limits.max_n, max_batch)
+    limits.validate()
     if not 0 < port < 65536:
         raise ValueError(f"--port must be in 1..65535, got {port}")
     check_env_name(api_key_env, "--api-key-env")
@@ -311,17 +286,39 @@ def serve(model: str, port: int = 8000, host: str = "127.0.0.1", *, served_model
         api_key = os.environ.get(api_key_env)
         if not api_key:
             raise ValueError(f"--api-key-env {api_key_env}: the environment variable is not set")
+        if len(api_key) < MIN_KEY_CHARS and not insecure:
+            raise ValueError(f"--api-key-env {api_key_env}: the key has {len(api_key)} characters; use at least "
+                             f"{MIN_KEY_CHARS} (e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')")
         register_secret(api_key)
     from tracewise.core.threads import use_threads
+    loopback = host in LOOPBACK_HOSTS or host.startswith("127.")
+    if not loopback and api_key is None:
+        if not insecure:
+            raise ValueError(f"--host {host} exposes the model beyond this machine: set an API key with "
+                             f"--api-key-env (>= {MIN_KEY_CHARS} characters), or pass --insecure to serve it "
+                             "to anyone who can reach this port")
+        log.warning("serve: --insecure: listening on %s without an API key", host)
 
     use_threads(threads)
     path = resolve_model_path(model)
     logging.getLogger("tracewise.backends.hf").setLevel(logging.WARNING)  # no log line per batch
-    backend = HFBackend(path, device=device, dtype=dtype, batch_size=max_batch, trust_remote_code=trust_remote_code)
+    backend = HFBackend(path, device=device, dtype=dtype, batch_size=max_batch,
+                        max_batch_tokens=limits.max_batch_tokens, trust_remote_code=trust_remote_code)
     name = served_model_name or Path(model.rstrip("/")).name
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("serve: listening on %s exposes the model beyond this machine%s", host,
-                    "" if api_key else " without an API key (--api-key-env)")
-    app = build_app(backend, name, api_key=api_key, max_batch=max_batch, batch_wait_ms=batch_wait_ms)
+    app = build_app(backend, name, api_key=api_key, limits=limits,
+                    allowed_hosts=(LOOPBACK_HOSTS | {host}) if loopback else None)
     log.info("serve: %s as %r on http://%s:%d/v1", path, name, host, port)
-    uvicorn.run(app, host=host, port=port, log_level=log_level.lower(), access_log=False)
+    engine = app.state.engine
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, except that a signal stops the model thread at once: in-flight requests get
+        503 and their connections close, so the graceful shutdown has nothing left to wait for."""
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            engine.close()  # a plain flag: safe in a signal handler
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level.lower(), access_log=False,
+                            timeout_graceful_shutdown=max(1, int(shutdown_timeout)),
+                            limit_concurrency=4 * limits.max_queue + 64)  # beyond: uvicorn says 503
+    Server(config).run()

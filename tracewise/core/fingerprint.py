@@ -29,6 +29,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tracewise.core.records import LOCK_NAME, TEMP_NAME
+
 log = logging.getLogger(__name__)
 
 CACHE_ENV = "TRACEWISE_CACHE_DIR"
@@ -95,8 +97,9 @@ def _read_sha(p: Path) -> str:
 
 
 def _scratch(rel: str, name: str) -> bool:
+    """Training scratch, `datasets` map caches, a run dir's lock and temp files: not the artifact."""
     return (rel.startswith("checkpoint-") or "/checkpoint-" in rel or rel.endswith(".partial.jsonl")
-            or (name.startswith("cache-") and name.endswith(".arrow")))
+            or (name.startswith("cache-") and name.endswith(".arrow")) or name == LOCK_NAME or bool(TEMP_NAME.fullmatch(name)))
 
 
 def path_digest(path: str | os.PathLike) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import signal
 import types
 import typing
@@ -220,6 +221,8 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
                 raise ValueError(f"{path}:{lineno}: not valid UTF-8 ({e.reason})") from None
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{lineno}: malformed JSON ({e.msg}); expected one object per line") from None
+            except RecursionError:  # "[[[[…" deeper than the parser's stack: hostile or corrupt, not a record
+                raise ValueError(f"{path}:{lineno}: JSON nested too deeply; not a record") from None
             if not isinstance(obj, dict):
                 raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
             yield lineno, obj
@@ -263,10 +266,10 @@ def write_records(path: str | os.PathLike, records: Iterable[Any]) -> Path:
     """Write records atomically (temp file + rename): readers never see a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp, fd = open_temp(path)
     armed = kill_armed()
     try:
-        with open(tmp, "w", encoding="utf-8") as fh:
+        with open(fd, "w", encoding="utf-8") as fh:
             for rec in records:
                 fh.write(to_json_line(rec))
                 if armed:  # test hook: a kill in the middle of writing the file, after this record
@@ -280,3 +283,18 @@ def write_records(path: str | os.PathLike, records: Iterable[Any]) -> Path:
         tmp.unlink(missing_ok=True)  # a failed write leaves the old file (if any) and no debris
         raise
     return path
+
+
+LOCK_NAME = ".lock"  # a stage run dir's lock file (core.store.lock_run_dir)
+TEMP_NAME = re.compile(r"\..+\.\d+\.[0-9a-f]{8}\.tmp")  # open_temp's names
+
+
+def open_temp(path: str | os.PathLike) -> tuple[Path, int]:
+    """A fresh temp file next to ``path`` for an atomic replace: a name unique to this process and call
+    (two writers never share one), created exclusively and never through a symlink (O_EXCL|O_NOFOLLOW)."""
+    import secrets
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    return tmp, os.open(tmp, flags, 0o666)

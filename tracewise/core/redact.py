@@ -16,38 +16,64 @@ from typing import Any
 
 MASK = "***"
 _SECRETS: set[str] = set()
+_SHORT: set[re.Pattern] = set()  # 4-5 character secrets, masked as whole words
 _LOCK = threading.Lock()
 _installed = False
 
 # Config keys whose *values* are secrets. ``*_env`` keys name a variable and are kept.
-_SECRET_KEY = re.compile(r"(api_?key|secret|password|passwd|access_token|auth_token|hf_token|authorization|"
-                         r"credentials?)$", re.I)
-_URL_CREDS = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/\s:@]+:[^/\s@]+@", re.I)
+_SECRET_KEY = re.compile(r"(api_?key|secret|password|passwd|token|bearer|authorization|credentials?)$", re.I)
+# Linear time: a scheme may only start where no scheme character precedes it, so a long run like
+# "a.a.a.…" is scanned once, not once per position (that was quadratic: 34 s on "a." * 50000).
+_URL_CREDS = re.compile(r"(?<![a-z0-9+.-])([a-z][a-z0-9+.-]*://)[^/\s:@]+:[^/\s@]+@", re.I)
 _BEARER = re.compile(r"(\bBearer\s+)[A-Za-z0-9._~+/=-]{4,}", re.I)
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Query parameters (name bounded, so no backtracking blow-up); the name decides whether the value is masked.
+_QUERY_PARAM = re.compile(r"([?&;])([^=&#;\s?]{1,64})=([^&#;\s]+)")
+_SECRET_PARAM = re.compile(r"key|token|secret|passw|auth|sig|credential|session", re.I)
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+MIN_MASKED = 4  # shorter values cannot be masked without mangling ordinary text
 # Prefixes of real provider keys: a value like this in an ``*_env`` field is a pasted key, not a name.
 _KEY_PREFIXES = ("sk-", "sk_", "hf_", "gsk_", "xai-", "pk-", "rk-")
 
 
-def register_secret(value: str | None) -> None:
-    """Scrub ``value`` from every log record and saved config from now on (short values are ignored:
-    masking a 2-character string would mangle ordinary text)."""
-    if not value or len(value) < 6:
-        return
+def register_secret(value: str | None) -> bool:
+    """Scrub ``value`` from every log record and saved config from now on. Values of 6+ characters
+    are masked wherever they occur; 4-5 characters only as a whole word (masking every "abcd" inside
+    other words would mangle ordinary text); shorter ones cannot be masked: returns False for them
+    (callers warn, or refuse such a key)."""
+    if not value:
+        return False
+    if len(value) < MIN_MASKED:
+        return False
     with _LOCK:
-        _SECRETS.add(value)
+        if len(value) >= 6:
+            _SECRETS.add(value)
+        else:
+            _SHORT.add(re.compile(r"(?<![A-Za-z0-9_-])" + re.escape(value) + r"(?![A-Za-z0-9_-])"))
     _install_record_factory()
+    return True
 
 
 def redact(text: str) -> str:
-    """``text`` with registered secrets, ``Bearer`` tokens and ``user:pass@`` URL credentials masked."""
+    """``text`` with registered secrets, ``Bearer`` tokens, ``user:pass@`` URL credentials and the values
+    of secret-named query parameters (``?api_key=…``, ``&token=…``) masked."""
     if not isinstance(text, str) or not text:
         return text
     for s in sorted(_SECRETS, key=len, reverse=True):  # longest first: one secret may contain another
         if s in text:
             text = text.replace(s, MASK)
+    for pattern in list(_SHORT):
+        text = pattern.sub(MASK, text)
     text = _BEARER.sub(lambda m: m.group(1) + MASK, text)
-    return _URL_CREDS.sub(lambda m: m.group(1) + MASK + "@", text)
+    text = _URL_CREDS.sub(lambda m: m.group(1) + MASK + "@", text)
+    if "=" in text:
+        text = _QUERY_PARAM.sub(_mask_param, text)
+    return text
+
+
+def _mask_param(m: re.Match) -> str:
+    if _SECRET_PARAM.search(m.group(2)):
+        return f"{m.group(1)}{m.group(2)}={MASK}"
+    return m.group(0)
 
 
 def redact_obj(obj: Any, key: str = "") -> Any:
@@ -77,7 +103,7 @@ def check_env_name(value: str, field: str) -> None:
     (most often the key itself, pasted where its variable's name belongs)."""
     if not value:
         return
-    if value.startswith(_KEY_PREFIXES) or not _ENV_NAME.match(value):
+    if value.startswith(_KEY_PREFIXES) or not _ENV_NAME.fullmatch(value):
         raise ValueError(
             f"{field}: expected the NAME of an environment variable (e.g. OPENAI_API_KEY), got a value that "
             "is not a variable name; never put the key itself in a config, export it and name the variable"
@@ -95,7 +121,7 @@ def _install_record_factory() -> None:
 
     def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
         record = previous(*args, **kwargs)
-        if _SECRETS:
+        if _SECRETS or _SHORT:
             try:
                 message = record.getMessage()
             except Exception:  # a malformed log call: leave it for logging to report

@@ -17,11 +17,12 @@ import hashlib
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from tracewise.core.fingerprint import input_digest, path_digest  # noqa: F401  (path_digest: re-exported)
-from tracewise.core.records import from_dict, iter_jsonl, kill_point, to_json_line, write_records
+from tracewise.core.records import LOCK_NAME, TEMP_NAME, from_dict, iter_jsonl, kill_point, to_json_line, write_records
 
 log = logging.getLogger(__name__)
 
@@ -91,21 +92,101 @@ def is_done(run_dir: Path) -> bool:
     return (Path(run_dir) / "DONE").exists()
 
 
-def mark_done(run_dir: Path, manifest: dict | None = None) -> None:
-    """Write the DONE marker last, atomically: its presence means every artifact is complete."""
+_HELD: dict[str, int] = {}  # run dir -> fd of the lock file this process holds
+
+
+def lock_run_dir(run_dir: str | os.PathLike) -> None:
+    """Take the exclusive lock of a stage run directory for this process (a no-op if it holds it).
+
+    Two processes writing one run dir lose records and can delete each other's checkpoints, so the
+    second is refused: ``ValueError("<dir>: run dir in use by pid N")``. The lock is an ``flock`` on
+    ``<run_dir>/.lock``, which the kernel drops when the holder exits, however it dies; ``mark_done``
+    releases it. ``save_config`` (every stage's first write) takes it.
+    """
+    import fcntl
+
     run_dir = Path(run_dir)
-    tmp = run_dir / "DONE.tmp"
-    tmp.write_text(json.dumps(manifest or {}, sort_keys=True, indent=1) + "\n")
-    os.replace(tmp, run_dir / "DONE")
+    key = str(run_dir.resolve())
+    if key in _HELD:
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(run_dir / LOCK_NAME, flags, 0o644)
+    except OSError as e:
+        raise ValueError(f"{run_dir}: cannot open its lock file ({e.strerror})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        finally:
+            os.close(fd)
+        raise ValueError(f"{run_dir}: run dir in use by pid {holder} (another tracewise process is running this "
+                         "stage with the same config and inputs; wait for it, or stop it)") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _HELD[key] = fd
+    for stale in run_dir.rglob(".*.tmp"):  # temp files of a killed writer (nobody else writes here now)
+        if TEMP_NAME.fullmatch(stale.name):
+            stale.unlink(missing_ok=True)
+    if is_done(run_dir):  # finished by another process between our is_done() check and this lock
+        unlock_run_dir(run_dir)
+        raise ValueError(f"{run_dir}: another process finished this stage while this one was starting; "
+                         "run it again to use the finished result")
+
+
+def unlock_run_dir(run_dir: str | os.PathLike) -> None:
+    fd = _HELD.pop(str(Path(run_dir).resolve()), None)
+    if fd is not None:
+        os.ftruncate(fd, 0)  # a finished run dir holds the same bytes whoever ran it
+        os.close(fd)  # closing the only descriptor drops the flock
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically and durably: a unique temp file (O_EXCL, O_NOFOLLOW),
+    fsync, rename, fsync of the directory. A crash leaves the old file or the new one, never a torn one."""
+    from tracewise.core.records import open_temp
+
+    path = Path(path)
+    tmp, fd = open_temp(path)
+    try:
+        with open(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def mark_done(run_dir: Path, manifest: dict | None = None) -> None:
+    """Write the DONE marker last, atomically and durably (file and directory fsynced): its presence
+    means every artifact is complete. Releases the run dir's lock."""
+    run_dir = Path(run_dir)
+    atomic_write_text(run_dir / "DONE", json.dumps(manifest or {}, sort_keys=True, indent=1) + "\n")
+    unlock_run_dir(run_dir)
 
 
 def save_config(run_dir: Path, cfg: Any) -> None:
-    """Record the config a stage ran with. Keys come from env vars named in the config, never the
-    config itself; still, registered secrets, URL credentials and secret-named keys are masked."""
+    """Lock the run dir for this process (see ``lock_run_dir``), then record the config the stage runs
+    with, atomically. Keys come from env vars named in the config, never the config itself; still,
+    registered secrets, URL credentials and secret-named keys are masked."""
     from tracewise.core.redact import safe_config_yaml
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(safe_config_yaml(cfg))
+    lock_run_dir(run_dir)
+    atomic_write_text(Path(run_dir) / "config.yaml", safe_config_yaml(cfg))
 
 
 def last_complete_checkpoint(ckpt_root: str | os.PathLike) -> str | None:
@@ -117,7 +198,6 @@ def last_complete_checkpoint(ckpt_root: str | os.PathLike) -> str | None:
     ``trainer_state.json`` parses; newer incomplete ones are deleted so the Trainer's rotation and
     the next save do not trip over them.
     """
-    import re
     import shutil
 
     root = Path(ckpt_root)

@@ -52,7 +52,7 @@ FILTERS: dict[str, tuple[str, ...]] = {
     "both": ("math_verify", "judge"),
     "none": (),
 }
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")  # dataset names become directory names
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")  # dataset names become directory names
 
 
 @dataclass
@@ -98,7 +98,7 @@ class CurateConfig:
             raise ValueError("curate.verdicts: give the verify run directory")
         if len(set(self.teachers)) != len(self.teachers):
             raise ValueError(f"curate.teachers: a teacher is listed twice: {self.teachers}")
-        if not _SAFE_NAME.match(self.mix_name):
+        if not _SAFE_NAME.fullmatch(self.mix_name):
             raise ValueError(f"curate.mix_name: {self.mix_name!r} must be a plain name (letters, digits, . _ + -)")
         if self.mix_name in self.teachers:
             raise ValueError(f"curate.mix_name: {self.mix_name!r} is also a teacher name; pick another")
@@ -123,7 +123,7 @@ def load_inputs(cfg: CurateConfig) -> CurationInputs:
     teachers = sorted(cfg.teachers or found)
     if cfg.mix and cfg.mix_name in teachers:
         raise ValueError(f"curate.mix_name: {cfg.mix_name!r} is also a teacher name; pick another")
-    bad = [t for t in teachers if not _SAFE_NAME.match(t)]
+    bad = [t for t in teachers if not _SAFE_NAME.fullmatch(t)]
     if bad:
         raise ValueError(f"teacher names {bad} cannot name dataset directories; rename them (generate.name)")
     traces: dict[str, dict[str, Trace]] = {t: {} for t in teachers}

@@ -68,7 +68,7 @@ DEFAULT_COLUMNS: dict[str, tuple[str, ...]] = {
     "teacher": ("teacher_model", "generator", "model"),
     "finish_reason": ("finish_reason", "finish_reasons"),
 }
-_SAFE_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")  # curate turns teacher labels into directory names
+_SAFE_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")  # curate turns teacher labels into directory names
 _DETAILED_THINKING = re.compile(r"detailed thinking (on|off)", re.IGNORECASE)
 MAX_META_CHARS = 200  # short row columns (is_correct, subject, ...) ride along in Trace.meta; long ones do not
 BATCH = 128  # traces tokenized per AppendLog write
@@ -122,7 +122,7 @@ class IngestConfig:
         if self.gold.source != "column" and "answer" in self.fields:
             raise ValueError(f"ingest.fields.answer and gold.source={self.gold.source} both say where the gold comes "
                              "from; give one")
-        if self.teacher and not _SAFE_LABEL.match(self.teacher):
+        if self.teacher and not _SAFE_LABEL.fullmatch(self.teacher):
             raise ValueError(f"ingest.teacher: {self.teacher!r} must match {_SAFE_LABEL.pattern} "
                              "(curate uses it as a directory name)")
 
