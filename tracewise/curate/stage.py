@@ -262,8 +262,9 @@ def run(cfg: CurateConfig) -> Path:
     _write_disagreements(run_dir / "disagreements.jsonl", judge_disagreements(inp) if table["disagreements"] else [])
     markdown = render_table(table)
     (run_dir / "table.md").write_text(markdown, encoding="utf-8")
-    for line in markdown.splitlines():
-        if line.strip():
-            log.info("curate: %s", line)
+    # One line on a normal run; the table (with every judge disagreement) is in table.md, and at DEBUG.
+    log.info("curate: kept %d of %d problems (filter %s); %d judge disagreements; table: %s", len(kept),
+             len(inp.problems), cfg.filter, (table["disagreements"] or {}).get("n", 0), run_dir / "table.md")
+    log.debug("curate table:\n%s", markdown)
     mark_done(run_dir, {"kept": len(kept), "problems_in": len(inp.problems), "datasets": sizes})
     return run_dir
