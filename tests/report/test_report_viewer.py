@@ -154,13 +154,15 @@ def test_report_carries_the_viewer_raw_and_it_works_in_a_browser(tmp_path):
     assert "<script" in html_text and not re.search(r'(src|href)="(?!data:|#)', html_text)  # one file
     md = (out / "report.md").read_text()
     assert "## Samples: what the students wrote" in md and "tw-viewer" not in md
-    assert "3 problems, 8 samples of 2 students" in md and "1 training, 1 reference" in md
+    assert "3 problems, 8 samples of 2 students; teacher traces on 2 of the problems: 1 from the training pool, 1 references" in md
 
     dom, _ = _dump(page)  # opens on the disagreement: p1, its question, gold and training trace
     assert _attr(dom, "ready") == "1" and _attr(dom, "shown") == "1" and 'data-pid="p1"' in dom
     assert "Question p1 &lt;&amp;&gt;?" in dom and "gold: 11" in dom and "TRAINING-TRACE" in dom
-    dom, _ = _dump(page, "#disagree=0&level=2")
+    assert "<details><summary>teacher traces (1)" in dom  # closed unless asked
+    dom, _ = _dump(page, "#disagree=0&level=2&teachers=1")
     assert _attr(dom, "shown") == "1" and "REFERENCE-TRACE" in dom and "reference (not trained on)" in dom
+    assert '<details open=""><summary>teacher traces (1)' in dom
     dom, _ = _dump(page, "#disagree=0&verdict=wrong&exp=gpt-oss")  # gpt-oss is wrong on p1 and p3
     assert _attr(dom, "shown") == "2" and 'data-pid="p1"' in dom and 'data-pid="p3"' in dom
 

@@ -289,9 +289,10 @@ def viewer_section(cfg: ReportConfig, grouped: dict[tuple[str, str], list[Sample
     reference = load_trace_sources(cfg.reference_traces, ids, "report.reference_traces")
     shown = len({t.problem_id for t in [*traces, *reference]})
     body = (f"{len(ids)} problems, {len(samples)} samples of {len({s.experiment for s in samples})} students; "
-            f"teacher traces for {shown} of the problems ({len(traces)} training, {len(reference)} reference traces "
-            f"not trained on). Interactive in report.html (opens on the problems where the students disagree; "
-            f"filters: student, level, correct/wrong; URL hash, e.g. #exp=mix&verdict=wrong&disagree=0).")
+            f"teacher traces on {shown} of the problems: {len(traces)} from the training pool, {len(reference)} "
+            f"references (not trained on). Interactive in report.html: it opens on the problems where the students "
+            f"disagree; filters: student, level, correct/wrong, also from the URL hash "
+            f"(e.g. #exp=mix&verdict=wrong&disagree=0&teachers=1).")
     missing = len(ids - set(problems))
     if missing:
         body += f" No question or gold found for {missing} problems (set report.problems)."

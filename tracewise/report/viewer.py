@@ -9,7 +9,8 @@ teachers' traces for that problem. Filters: experiment, level, correct/wrong, an
 
 Only one page of problems is turned into DOM at a time, so a 100-problem × 8-sample × 3-student report
 renders in milliseconds; the filter state can be set from the URL (``#exp=r1&verdict=wrong&level=2&
-disagree=0``), which is also how the browser test drives it.
+disagree=0&teachers=1``; ``teachers=1`` opens every teacher-trace list), which is also how the browser
+test drives it.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ const D=JSON.parse(document.getElementById('tw-viewer-data').textContent);
 const root=document.getElementById('tw-viewer');const list=root.querySelector('.tw-list');
 const sel=n=>root.querySelector('[name="'+n+'"]');let page=0;
 function esc(s){return String(s).replace(/[&<>"]/g,c=>({'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;'}[c]));}
-function state(){return{exp:sel('exp').value,level:sel('level').value,verdict:sel('verdict').value,disagree:sel('disagree').checked};}
+function state(){return{exp:sel('exp').value,level:sel('level').value,verdict:sel('verdict').value,disagree:sel('disagree').checked,teachers:sel('teachers').checked};}
 function matches(p,st){
   if(st.level!=='all'&&String(p.level)!==st.level)return false;
   if(st.disagree&&!p.disagree)return false;
@@ -52,7 +53,7 @@ function matches(p,st){
   if(st.verdict==='wrong')return ss.some(s=>!s.ok);
   return true;}
 function sample(s,cls){return '<div class="tw-sample '+cls+'"><div class="tw-meta">'+esc(s.who)+' · '+
-  (s.ok===null?'':(s.ok?'✔ correct':'✘ wrong')+' · ')+'pred '+esc(s.pred)+' · '+s.tok+' tokens ('+s.think_tok+' thinking)'+
+  (s.ok===null?'':(s.ok?'✔ correct':'✘ wrong')+' · pred '+esc(s.pred)+' · ')+s.tok+' tokens ('+s.think_tok+' thinking)'+
   (s.trunc?' · truncated':'')+'</div>'+(s.think?'<div class="tw-think">'+esc(s.think)+'</div>':'')+
   '<div class="tw-ans">'+esc(s.ans)+'</div></div>';}
 function render(){
@@ -64,7 +65,7 @@ function render(){
     out.push('<div class="tw-problem" data-pid="'+esc(p.id)+'"><div class="tw-meta">'+esc(p.id)+' · level '+p.level+
       (p.disagree?' · students disagree':'')+'</div><div class="tw-q">'+esc(p.q)+'</div><div class="tw-gold">gold: '+
       esc(p.gold)+'</div>'+ss.map(s=>sample(s,s.ok?'tw-ok':'tw-bad')).join('')+
-      (p.teachers.length?'<details><summary>teacher traces ('+p.teachers.length+')</summary>'+
+      (p.teachers.length?'<details'+(st.teachers?' open':'')+'><summary>teacher traces ('+p.teachers.length+')</summary>'+
        p.teachers.map(t=>sample(t,'tw-teacher')).join('')+'</details>':'')+'</div>');}
   list.innerHTML=out.join('');
   root.querySelector('.tw-count').textContent=hit.length+' of '+D.problems.length+' problems · page '+(page+1)+' of '+pages;
@@ -72,7 +73,7 @@ function render(){
 const t0=performance.now();
 for(const [k,v] of new URLSearchParams(location.hash.slice(1))){const e=sel(k);if(!e)continue;
   if(e.type==='checkbox')e.checked=v==='1';else e.value=v;}
-for(const n of ['exp','level','verdict','disagree'])sel(n).addEventListener('change',()=>{page=0;render();});
+for(const n of ['exp','level','verdict','disagree','teachers'])sel(n).addEventListener('change',()=>{page=0;render();});
 root.querySelector('.tw-prev').addEventListener('click',()=>{page=Math.max(0,page-1);render();});
 root.querySelector('.tw-next').addEventListener('click',()=>{page+=1;render();});
 render();root.dataset.ready='1';})();"""
@@ -150,6 +151,7 @@ def viewer_fragment(samples: Sequence[Sample], problems: Mapping[str, Problem] |
         '<label>samples <select name="verdict"><option value="all">all</option><option value="correct">correct</option>'
         '<option value="wrong">wrong</option></select></label>'
         f'<label><input type="checkbox" name="disagree"{" checked" if any_disagree else ""}> students disagree</label>'
+        '<label><input type="checkbox" name="teachers"> open teacher traces</label>'
         '<button class="tw-prev">◀</button><button class="tw-next">▶</button><span class="tw-count"></span></div>'
         '<div class="tw-meta"><span class="tw-think">thinking span</span> <span class="tw-ans">answer span</span> '
         '· green bar = correct, red = wrong, purple = teacher trace</div><div class="tw-list"></div>'
