@@ -57,6 +57,18 @@ def test_pipeline_writes_report_and_summary(quickstart_run):
         assert r["ci95"]["pass@1"][0] <= r["pass@1"] <= r["ci95"]["pass@1"][1]
     tokens = {r["experiment"]: r["mean_tokens"] for r in rows}
     assert tokens["r1"] > tokens["gpt-oss"], "the verbose student must generate more tokens"
+    # the sample viewer is in report.html: every test problem with its question and gold, the students'
+    # samples, and one reference trace per teacher (the training traces are on other problems)
+    page = html.read_text()
+    data = json.loads(page.split('id="tw-viewer-data">', 1)[1].split("</script>", 1)[0])
+    assert len(data["problems"]) == 8 and data["experiments"] == ["gpt-oss", "mix", "r1"]
+    for p in data["problems"]:
+        assert p["q"] and p["gold"] != "?" and len(p["samples"]) == 3 * 2
+        assert sorted(t["who"] for t in p["teachers"]) == ["teacher gpt-oss · reference (not trained on)",
+                                                           "teacher r1 · reference (not trained on)"]
+    # the reference runs are not beside the training pools (other studies read <out>/generate-* as those)
+    pools = list(out.glob("generate-*/problems.jsonl"))
+    assert len(pools) == 2 and all("-test-" not in f.read_text() for f in pools)
 
 
 def test_students_learned(quickstart_run):
