@@ -123,8 +123,9 @@ def test_seeds_are_replicates_with_intervals(quickstart_run):
 
 
 # Files whose bytes legitimately differ between two runs of the same config: the thread count a run
-# was given (config.yaml), wall times, and trainer files that store the output path or the runtime.
-NOT_RECORDS = {"config.yaml", "timings.json", "training_args.bin", "log_history.json"}
+# was given (config.yaml), wall times (the quickstart's stage times, eval's per-sample timings), and
+# trainer files that store the output path or the runtime.
+NOT_RECORDS = {"config.yaml", "timings.json", "timings.jsonl", "training_args.bin", "log_history.json"}
 
 
 def record_digests(out) -> Counter:
@@ -135,8 +136,9 @@ def record_digests(out) -> Counter:
         rel = p.relative_to(out)
         if p.name in NOT_RECORDS or "checkpoints" in rel.parts:
             continue
-        stage = rel.parts[0].rsplit("-", 1)[0] if len(rel.parts) > 1 else ""
-        found[(stage, "/".join(rel.parts[1:] if stage else rel.parts), hashlib.sha256(p.read_bytes()).hexdigest())] += 1
+        parts = [re.sub(r"-[0-9a-f]{12}$", "", part) for part in rel.parts[:-1]] + [rel.name]  # also reference/generate-*
+        stage = parts[0] if len(parts) > 1 else ""
+        found[(stage, "/".join(parts[1:] if stage else parts), hashlib.sha256(p.read_bytes()).hexdigest())] += 1
     return found
 
 
