@@ -87,10 +87,17 @@ def test_chat_endpoint_samples_counts_and_seeding(server, keyed, student_path: s
         assert c.finish_reason in ("stop", "length") and 1 <= c.n_tokens <= 8
         assert c.meta["n_tokens_from"] == "usage" and c.meta["prompt_tokens"] > 0
         assert c.finish_reason == "stop" or c.n_tokens == 8
+        # timed per request; the response is read whole, so no time to first token
+        assert c.timing["clock"] == "request" and c.timing["latency_s"] > 0 and c.timing["ttft_s"] is None
     # Each sample's seed comes from its own identity, not its position: one at a time (so the server
     # decodes each alone and float noise from batch shapes cannot enter), any order, same samples.
     one = _backend(server, student_path, concurrency=1)
-    forward, backward = _run(one, requests, sampling), _run(one, requests[::-1], sampling)
+    t0 = time.perf_counter()
+    forward = _run(one, requests, sampling)
+    wall = time.perf_counter() - t0
+    backward = _run(one, requests[::-1], sampling)
+    # one request in flight at a time: the requests' own times add up to no more than the whole run
+    assert sum(c.timing["latency_s"] for c in forward.values()) <= wall
     assert {k: c.text for k, c in forward.items()} == {k: c.text for k, c in backward.items()}
     # Batched on the server or not, the samples agree (up to rare float-noise flips between batch shapes).
     assert sum(forward[k].text == c.text for k, c in wide.items()) >= 7

@@ -178,6 +178,11 @@ def test_short_samples_are_handed_back_before_the_longest_finishes(fake_vllm, st
     assert order[-1] == "long" and batches[-1] == [b for b in batches if any(c.request_id == "long" for c in b)][0]
     assert [c.request_id for c in batches[-1]] == ["long"]  # every short sample came back before it
     assert max(len(b) for b in batches) <= 4
+    # Timed in the engine: "long" and s0 entered together (window 4); s0 needs 3 steps, long 40. This engine,
+    # like vLLM V1 with final-only outputs, reports no partial output and no metrics: no time to first token.
+    t = {c.request_id: c.timing for b in batches for c in b}
+    assert all(x["clock"] == "engine" and x["latency_s"] > 0 and x["ttft_s"] is None for x in t.values())
+    assert t["long"]["latency_s"] > t["s0"]["latency_s"]
 
 
 def test_token_ids_are_returned_and_prefix_ids_are_continued_exactly(fake_vllm, student_path) -> None:
@@ -308,3 +313,31 @@ def test_eval_passes_its_vllm_section_to_the_backend(student_path: str, monkeypa
     assert seen["name"] == "vllm" and seen["max_model_len"] == 36864 and seen["data_parallel_size"] == 1
     with pytest.raises(ValueError, match="vllm.max_model_len"):
         load_config(EvalConfig, None, [f"model={student_path}", "backend=vllm", "vllm.max_model_len=0"])
+
+
+def test_engine_ttft_is_read_from_metrics_when_reported() -> None:
+    from types import SimpleNamespace
+
+    from tracewise.backends.vllm import _engine_ttft
+
+    assert _engine_ttft(SimpleNamespace(metrics=SimpleNamespace(arrival_time=10.0, first_token_time=10.25))) == 0.25
+    assert _engine_ttft(SimpleNamespace(metrics=None)) is None
+    assert _engine_ttft(SimpleNamespace(metrics=SimpleNamespace(arrival_time=10.0, first_token_time=None))) is None
+
+
+def test_partial_engine_outputs_time_the_first_token(fake_vllm, student_tokenizer, student_path, monkeypatch) -> None:
+    # An engine that also reports unfinished requests each step (vLLM without final-only outputs): the
+    # step that first shows a token is the time to first token.
+    step = fake_vllm.LLMEngine.step
+
+    def streaming_step(self):
+        done = step(self)
+        return done + [fake_vllm.RequestOutput(r.request_id, r.prompt_ids, [fake_vllm.CompletionOutput(
+            0, "", fake_vllm._sample_tokens(r.params.seed or 0, r.done), None)], False) for r in self.running.values()]
+
+    monkeypatch.setattr(fake_vllm.LLMEngine, "step", streaming_step)
+    backend = get_backend("vllm", model="fake", tokenizer=student_path, chunk_size=4)
+    got = {c.request_id: c for b in backend.generate(_prompts(student_tokenizer, {"long": 40}),
+                                                     SamplingParams(n=1, max_tokens=40)) for c in b}
+    t = got["long"].timing
+    assert got["long"].n_tokens > 1 and 0 < t["ttft_s"] < t["latency_s"]  # token 1 at step 1 of many

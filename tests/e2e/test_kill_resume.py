@@ -287,6 +287,9 @@ def _files(d: Path, skip=lambda rel: False) -> dict[str, bytes]:
 def _assert_same_records(ref: Path, got: Path) -> None:
     a, b = _files(ref), _files(got)
     assert sorted(a) == sorted(b), (sorted(a), sorted(b))
+    if "timings.jsonl" in a:  # eval's measured times differ run to run: the same samples must have one row each
+        keys = [[json.loads(ln)["key"] for ln in d.pop("timings.jsonl").splitlines()] for d in (a, b)]
+        assert keys[0] == keys[1] and len(set(keys[1])) == len(keys[1])
     for name in a:
         if name.endswith(".jsonl"):  # explicit: no duplicated or missing records
             la, lb = a[name].splitlines(), b[name].splitlines()

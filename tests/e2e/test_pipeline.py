@@ -57,6 +57,18 @@ def test_pipeline_writes_report_and_summary(quickstart_run):
         assert r["ci95"]["pass@1"][0] <= r["pass@1"] <= r["ci95"]["pass@1"][1]
     tokens = {r["experiment"]: r["mean_tokens"] for r in rows}
     assert tokens["r1"] > tokens["gpt-oss"], "the verbose student must generate more tokens"
+    # the sample viewer is in report.html: every test problem with its question and gold, the students'
+    # samples, and one reference trace per teacher (the training traces are on other problems)
+    page = html.read_text()
+    data = json.loads(page.split('id="tw-viewer-data">', 1)[1].split("</script>", 1)[0])
+    assert len(data["problems"]) == 8 and data["experiments"] == ["gpt-oss", "mix", "r1"]
+    for p in data["problems"]:
+        assert p["q"] and p["gold"] != "?" and len(p["samples"]) == 3 * 2
+        assert sorted(t["who"] for t in p["teachers"]) == ["teacher gpt-oss · reference (not trained on)",
+                                                           "teacher r1 · reference (not trained on)"]
+    # the reference runs are not beside the training pools (other studies read <out>/generate-* as those)
+    pools = list(out.glob("generate-*/problems.jsonl"))
+    assert len(pools) == 2 and all("-test-" not in f.read_text() for f in pools)
 
 
 def test_students_learned(quickstart_run):
@@ -111,8 +123,9 @@ def test_seeds_are_replicates_with_intervals(quickstart_run):
 
 
 # Files whose bytes legitimately differ between two runs of the same config: the thread count a run
-# was given (config.yaml), wall times, and trainer files that store the output path or the runtime.
-NOT_RECORDS = {"config.yaml", "timings.json", "training_args.bin", "log_history.json"}
+# was given (config.yaml), wall times (the quickstart's stage times, eval's per-sample timings), and
+# trainer files that store the output path or the runtime.
+NOT_RECORDS = {"config.yaml", "timings.json", "timings.jsonl", "training_args.bin", "log_history.json"}
 
 
 def record_digests(out) -> Counter:
@@ -123,8 +136,9 @@ def record_digests(out) -> Counter:
         rel = p.relative_to(out)
         if p.name in NOT_RECORDS or "checkpoints" in rel.parts:
             continue
-        stage = rel.parts[0].rsplit("-", 1)[0] if len(rel.parts) > 1 else ""
-        found[(stage, "/".join(rel.parts[1:] if stage else rel.parts), hashlib.sha256(p.read_bytes()).hexdigest())] += 1
+        parts = [re.sub(r"-[0-9a-f]{12}$", "", part) for part in rel.parts[:-1]] + [rel.name]  # also reference/generate-*
+        stage = parts[0] if len(parts) > 1 else ""
+        found[(stage, "/".join(parts[1:] if stage else parts), hashlib.sha256(p.read_bytes()).hexdigest())] += 1
     return found
 
 

@@ -11,7 +11,7 @@ from tracewise.backends.base import SamplingParams
 from tracewise.evaluate.stage import EvalConfig, run
 from tracewise.evaluate.metrics import read_summary
 from tracewise.data.sources import ProblemsConfig
-from tracewise.core.records import Sample, read_records
+from tracewise.core.records import Sample, SampleTiming, read_records
 from tracewise.world.problems import WorldConfig
 
 
@@ -54,6 +54,36 @@ def test_eval_resume_is_byte_identical(tmp_path, student_path):
     assert resumed == run_dir
     assert (resumed / "samples.jsonl").read_bytes() == (full / "samples.jsonl").read_bytes()
     assert json.loads((resumed / "summary.json").read_text()) == json.loads((full / "summary.json").read_text())
+
+
+def test_eval_writes_timings_beside_unchanged_samples(tmp_path, student_path):
+    # 6 problems × 3 samples = 18 rows decoded 8 at a time: batches of 8, 8 and 2 rows (hf backend)
+    timed = run(_cfg(tmp_path / "a", student_path, batch_size=8))
+    plain = run(_cfg(tmp_path / "b", student_path, batch_size=8, timings=False))
+    assert timed.name == plain.name  # not part of the run dir's hash
+    assert (timed / "samples.jsonl").read_bytes() == (plain / "samples.jsonl").read_bytes()
+    assert not (plain / "timings.jsonl").exists() and not list(timed.glob("*.partial.jsonl"))
+    samples = {s.key: s for s in read_records(timed / "samples.jsonl", Sample)}
+    rows = read_records(timed / "timings.jsonl", SampleTiming)
+    assert [r.key for r in rows] == sorted(samples)  # one row per sample, keyed as in samples.jsonl
+    for r in rows:
+        assert r.clock == "batch" and r.output_tokens == samples[r.key].n_tokens
+        assert 0 < r.ttft_s <= r.latency_s
+    # Rows of one batch share its first decode step: three batches, of 8, 8 and 2 rows ...
+    by_batch: dict = {}
+    for r in rows:
+        by_batch.setdefault(r.ttft_s, []).append(r)
+    assert sorted(len(b) for b in by_batch.values()) == [2, 8, 8]
+    # ... and within a batch a row that wrote more tokens finished at a later step.
+    for b in by_batch.values():
+        for x in b:
+            assert all(x.latency_s < y.latency_s for y in b if y.output_tokens > x.output_tokens)
+    # Measurements, not content: the run dir's digest does not see them.
+    from tracewise.core.fingerprint import path_digest
+
+    before = path_digest(timed)
+    (timed / "timings.jsonl").rename(tmp_path / "moved.jsonl")
+    assert path_digest(timed) == before
 
 
 def test_eval_bad_input(tmp_path, student_path):

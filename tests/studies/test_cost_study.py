@@ -49,13 +49,20 @@ def test_ratio_rows_and_reading_hand_case():
 
 
 def test_cost_study_runs_behind_a_real_server(student_path, tmp_path):
+    # a and b are the same model: the study starts ONE server for both (one `tracewise serve` start is most
+    # of this test's time), and equal seeds must give equal tokens.
     cfg = CostStudyConfig(out=str(tmp_path / "cost"), run_dir="", models=[f"a={student_path}", f"b={student_path}"],
                           baseline="a", n_problems=4, concurrency=[1, 2], repeats=2, max_tokens=8, threads=1)
     section = run(cfg)
+    assert [p.name for p in (tmp_path / "cost").glob("serve-*.log")] == ["serve-a.log"]
     summary = json.loads((tmp_path / "cost" / "summary.json").read_text())
     assert set(summary["stats"]) == {"a", "b"} and len(summary["stats"]["a"]["2"]) == 2
+    assert summary["config"]["stream"] is True
     s = summary["stats"]["a"]["1"][0]
     assert s["failed"] == 0 and s["n"] == 4 and 0 < s["mean_output_tokens"] <= 8
+    # `tracewise serve` streams (SSE): the first token is timed, before the last byte
+    assert s["mean_ttft_s"] is not None and 0 < s["mean_ttft_s"] <= s["mean_latency_s"]
+    assert all(r["ttft_share"] is not None and 0 < r["ttft_share"] <= 1 for r in ratio_rows(summary))
     # the same model with the same seeds writes the same tokens: the token ratio is exactly 1
     rows = {(r["student"], r["concurrency"]): r for r in ratio_rows(summary)}
     assert rows[("b", 1)]["token_ratio"][0] == 1.0
@@ -69,3 +76,23 @@ def test_bad_config_is_rejected():
         CostStudyConfig(repeats=0).validate()
     with pytest.raises(ValueError, match="BASE_URL"):
         CostStudyConfig(endpoints=["x=http://h"]).validate()
+
+
+def test_cost_study_cli_help_and_bad_key(tmp_path):
+    from typer.testing import CliRunner
+
+    from tracewise.cli import app
+
+    res = CliRunner().invoke(app, ["study", "--help"], terminal_width=200)
+    assert res.exit_code == 0 and "cost" in res.stdout
+    res = CliRunner().invoke(app, ["study", "cost", "--help"], terminal_width=200)
+    out = " ".join(res.stdout.split())
+    assert res.exit_code == 0, res.output
+    for key in ("Config keys", "concurrency (default [1, 16])", "repeats (default 3)", "price_out_per_mtok",
+                "gpu_hour", "endpoints", "problems.split"):
+        assert key in out, key
+    res = CliRunner().invoke(app, ["study", "cost", f"out={tmp_path / 'c'}", "run_dir=", "nonsense=1"])
+    assert res.exit_code == 2 and "nonsense" in res.output
+    res = CliRunner().invoke(app, ["study", "cost", f"out={tmp_path / 'c'}", "run_dir=", "repeats=0"])
+    assert res.exit_code == 2 and "repeats" in res.output
+    assert not (tmp_path / "c").exists()  # nothing was written

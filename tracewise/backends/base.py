@@ -66,6 +66,9 @@ class Completion:
     # Backend extras. ``meta["token_ids"]`` (vllm): the generated ids, EOS included (tracewise.evaluate.controls
     # cuts and continues samples from them instead of re-tokenising the text).
     meta: dict = field(default_factory=dict)
+    # How long it took: {"latency_s", "ttft_s" (None when unknown), "clock"} (see core.records.SampleTiming).
+    # Kept out of meta (generate copies meta into traces) and out of equality: it is a measurement.
+    timing: dict | None = field(default=None, compare=False)
 
 
 class Backend(Protocol):

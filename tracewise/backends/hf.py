@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -287,11 +288,20 @@ class HFBackend:
     def _decode_batch(
         self, rows: list[_Row], sampling: SamplingParams, progress: Callable[[int], Any] | None
     ) -> list[Completion]:
+        t0 = time.perf_counter()
         batch = self.start_batch(rows)
         done: list[Completion] = []
+        first_step: float | None = None
         while batch.active:
             finished = batch.step()
-            done.extend(self._completion(r) for r in finished)
+            now = time.perf_counter() - t0
+            first_step = now if first_step is None else first_step
+            for r in finished:
+                # Batched decoding: latency runs from the batch's start to this row's last token, and the
+                # first token of every row arrives with the batch's first step (prefill included).
+                c = self._completion(r)
+                c.timing = {"latency_s": now, "ttft_s": first_step, "clock": "batch"}
+                done.append(c)
             if finished and progress is not None:
                 progress(len(finished))
         return done

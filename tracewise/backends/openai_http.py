@@ -416,8 +416,12 @@ class OpenAIBackend:
         return b"".join(chunks)
 
     async def _attempt(self, client: httpx.AsyncClient, path: str, job: _Job) -> Completion:
+        t0 = time.perf_counter()
         async with client.stream("POST", path, json=job.body) as resp:
             raw = await self._read_body(resp)
+        # This attempt's wall time, send to last byte (earlier failed attempts and backoff excluded). The
+        # response is read whole (retries and the size cap work on the body), so no time to first token.
+        timing = {"latency_s": time.perf_counter() - t0, "ttft_s": None, "clock": "request"}
         code = resp.status_code
         if code != 200:
             snippet = " ".join(raw[:600].decode("utf-8", "replace")[:300].split())
@@ -456,7 +460,7 @@ class OpenAIBackend:
             meta["finish_reason_raw"] = raw_finish
         self.stats["ok"] += 1
         return Completion(job.request.id, job.sample_idx, text, n_tokens,
-                          "length" if raw_finish == "length" else "stop", meta)
+                          "length" if raw_finish == "length" else "stop", meta, timing)
 
     def _choice_text(self, choice: dict) -> str | None:
         """The sample's text; a chat reply's separate reasoning field is put back inside <think>."""

@@ -42,6 +42,7 @@ import multiprocessing as mp
 import os
 import queue
 import signal
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -160,6 +161,8 @@ def _stream(vllm: Any, llm: Any, jobs: list[Job], window: int, max_len: int | No
         yield from _chunked(vllm, llm, jobs, window, max_len)
         return
     pending, in_flight, done = deque(jobs), {}, []
+    added: dict[str, float] = {}  # name -> when it entered the engine; first: -> the step with its first token
+    first: dict[str, float] = {}
     names = (f"tw{n}|" for n in itertools.count())  # '|' ends the id: a suffix vLLM may add stays matchable
     while pending or in_flight:
         while pending and len(in_flight) < window:
@@ -174,13 +177,25 @@ def _stream(vllm: Any, llm: Any, jobs: list[Job], window: int, max_len: int | No
                 done.append(_failed(job, f"{type(e).__name__}: {e}"))
                 continue
             in_flight[name] = job
+            added[name] = time.perf_counter()
         if in_flight:
-            for out in engine.step():
-                if getattr(out, "finished", True):
-                    key = out.request_id if out.request_id in in_flight else \
-                        next((k for k in in_flight if str(out.request_id).startswith(k)), None)
-                    if key is not None:
-                        done.append(_completion(in_flight.pop(key), out))
+            outs = engine.step()
+            now = time.perf_counter()
+            for out in outs:
+                rid = str(out.request_id)
+                key = rid if rid in in_flight else rid.split("|", 1)[0] + "|"  # names end at their first '|'
+                if key not in in_flight:
+                    continue
+                finished = getattr(out, "finished", True)
+                if not finished and key not in first and out.outputs and len(out.outputs[0].token_ids) > 0:
+                    first[key] = now  # only seen when the engine streams partial outputs (not FINAL_ONLY)
+                if finished:
+                    c = _completion(in_flight.pop(key), out)
+                    t_in = added.pop(key)
+                    ttft = first.pop(key, None)
+                    c.timing = {"latency_s": now - t_in, "ttft_s": _engine_ttft(out) if ttft is None else ttft - t_in,
+                                "clock": "engine"}
+                    done.append(c)
         if done and (len(done) >= flush or not (pending or in_flight)):
             yield done
             done = []
@@ -195,15 +210,34 @@ def _chunked(vllm: Any, llm: Any, jobs: list[Job], window: int, max_len: int | N
         fitted = [_fit(j, max_len) for j in jobs[start:start + window]]
         done = [j for j in fitted if isinstance(j, Completion)]
         todo = [j for j in fitted if not isinstance(j, Completion)]
+        t0 = time.perf_counter()
         try:
-            done += _generate_all(vllm, llm, todo)
+            done += _timed(_generate_all(vllm, llm, todo), t0)
         except ValueError:
             for job in todo:
                 try:
-                    done += _generate_all(vllm, llm, [job])
+                    done += _timed(_generate_all(vllm, llm, [job]), time.perf_counter())
                 except ValueError as e:
                     done.append(_failed(job, f"{type(e).__name__}: {e}"))
         yield done
+
+
+def _engine_ttft(out: Any) -> float | None:
+    """Time to first token as the engine reports it (vLLM V0 ``RequestOutput.metrics``); None when it does
+    not (V1 engines with FINAL_ONLY outputs report neither partial outputs nor these metrics)."""
+    m = getattr(out, "metrics", None)
+    first, arrival = getattr(m, "first_token_time", None), getattr(m, "arrival_time", None)
+    if isinstance(first, (int, float)) and isinstance(arrival, (int, float)) and first >= arrival:
+        return float(first - arrival)
+    return None
+
+
+def _timed(done: list[Completion], t0: float) -> list[Completion]:
+    """One ``LLM.generate`` call's completions, each timed by the call's wall time (no first-token time)."""
+    timing = {"latency_s": time.perf_counter() - t0, "ttft_s": None, "clock": "batch"}
+    for c in done:
+        c.timing = dict(timing)
+    return done
 
 
 def _generate_all(vllm: Any, llm: Any, jobs: list[Job]) -> list[Completion]:

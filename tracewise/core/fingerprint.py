@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tracewise.core.records import LOCK_NAME, TEMP_NAME
+from tracewise.core.records import LOCK_NAME, TEMP_NAME, TIMINGS_NAME
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +97,11 @@ def _read_sha(p: Path) -> str:
 
 
 def _scratch(rel: str, name: str) -> bool:
-    """Training scratch, `datasets` map caches, a run dir's lock and temp files: not the artifact."""
+    """Training scratch, `datasets` map caches, a run dir's lock and temp files, an eval's per-sample timings
+    (measurements that differ run to run): not the artifact."""
     return (rel.startswith("checkpoint-") or "/checkpoint-" in rel or rel.endswith(".partial.jsonl")
-            or (name.startswith("cache-") and name.endswith(".arrow")) or name == LOCK_NAME or bool(TEMP_NAME.fullmatch(name)))
+            or (name.startswith("cache-") and name.endswith(".arrow")) or name in (LOCK_NAME, TIMINGS_NAME)
+            or bool(TEMP_NAME.fullmatch(name)))
 
 
 def path_digest(path: str | os.PathLike) -> str:

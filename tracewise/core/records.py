@@ -144,7 +144,29 @@ class EvalSummary:
         return row
 
 
-KINDS: dict[str, type] = {"problem": Problem, "trace": Trace, "verdict": Verdict, "sample": Sample}
+@dataclass
+class SampleTiming:
+    """How long one eval sample took to generate: a row of ``timings.jsonl`` beside ``samples.jsonl``.
+
+    Measurements, not results: kept out of ``samples.jsonl`` (which stays byte-identical across runs) and
+    out of every content hash (``tracewise.core.fingerprint``). ``clock`` says what was timed:
+    ``request`` (one HTTP request, send to last byte), ``batch`` (the sample's decode batch, from its
+    start to this sample's last token; ``ttft_s`` is the batch's first decode step, prefill included),
+    ``engine`` (from entering the vLLM engine to finishing; ``ttft_s`` from the engine's partial outputs or
+    metrics, None when it reports neither, as vLLM V1 with final-only outputs does), ``chunk`` (a test-time control's chunk of samples, all passes; no ``ttft_s``) or
+    ``none`` (not timed)."""
+
+    key: str  # the sample's key in samples.jsonl: "problem|idx", or "control|problem|idx" in a budget sweep
+    latency_s: float | None  # None: the backend timed nothing (e.g. a prompt it refused)
+    ttft_s: float | None
+    output_tokens: int
+    clock: str
+
+
+TIMINGS_NAME = "timings.jsonl"  # an eval run dir's SampleTiming rows (never hashed)
+
+KINDS: dict[str, type] = {"problem": Problem, "trace": Trace, "verdict": Verdict, "sample": Sample,
+                          "timing": SampleTiming}
 _KIND_OF = {cls: name for name, cls in KINDS.items()}
 R = TypeVar("R")
 

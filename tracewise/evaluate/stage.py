@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from tracewise.evaluate.few_shot import FewShotConfig, few_shot_messages
 from tracewise.evaluate.metrics import read_summary, summarize, write_summary
 from tracewise.data.sources import ProblemsConfig, load_problems
 from tracewise.core.logs import progress_bar
-from tracewise.core.records import Problem, Sample
+from tracewise.core.records import TIMINGS_NAME, Problem, Sample, SampleTiming
 from tracewise.core.store import AppendLog, is_done, mark_done, save_config, stage_dir
 from tracewise.core.tokens import THINK_CLOSE, n_tokens
 from tracewise.core.text import parse_completion
@@ -74,6 +75,10 @@ class EvalConfig:
                               "time bound).", -1, hash=False)
     verify_timeout_s: float = doc("Seconds one math-verify comparison may take; slower ones count as wrong.",
                                   DEFAULT_TIMEOUT_S)
+    timings: bool = doc("Write timings.jsonl: per sample (by its samples.jsonl key) wall latency, time to first "
+                        "token and output tokens as the backend measured them (hf: its decode batch; openai: its "
+                        "request; vllm: in the engine). Never changes samples.jsonl and is never hashed.",
+                        True, hash=False)
 
     def validate(self) -> None:
         from tracewise.backends import BACKENDS
@@ -240,6 +245,7 @@ def _run_one(cfg: EvalConfig, problems: list[Problem], shared: dict) -> Path:
     check_backend_for(cfg.control, backend)
     save_config(run_dir, cfg)
     store = AppendLog(run_dir / "samples.partial.jsonl", Sample, key=lambda s: key(s.control, s.problem_id, s.sample_idx))
+    timings = AppendLog(run_dir / "timings.partial.jsonl", SampleTiming, key=lambda t: t.key) if cfg.timings else None
     requests = []
     for p in problems:
         # A sample is redone when any point lacks it: the sweep is deterministic, and the store
@@ -257,10 +263,14 @@ def _run_one(cfg: EvalConfig, problems: list[Problem], shared: dict) -> Path:
             verdicts = verify_many([(c.text, by_id[c.request_id].answer, c.finish_reason == "length") for c in batch],
                                    workers=cfg.verify_workers if cfg.verify_workers >= 0 else None,
                                    timeout_s=cfg.verify_timeout_s)
+            if timings is not None:  # before the samples: a sample on disk always has its timing row
+                timings.append(sample_timing(key(control.label, c.request_id, c.sample_idx), c) for c in batch)
             store.append(completion_to_sample(c, by_id[c.request_id], labels[control.label], cfg.benchmark_label,
                                               tokenizer, control, v) for c, v in zip(batch, verdicts, strict=True))
             advance(len(batch))
     samples_path = store.finalize(run_dir / "samples.jsonl")
+    if timings is not None:
+        timings.finalize(run_dir / TIMINGS_NAME)
     samples = [store.records[k] for k in sorted(store.records)]
     rows = []
     for control in points:
@@ -282,6 +292,13 @@ def _run_one(cfg: EvalConfig, problems: list[Problem], shared: dict) -> Path:
     return run_dir
 
 
+def sample_timing(key: str, c: Completion) -> SampleTiming:
+    """The timing row of one completion (``clock`` "none" when its backend timed nothing)."""
+    t = c.timing or {}
+    return SampleTiming(key=key, latency_s=t.get("latency_s"), ttft_s=t.get("ttft_s"), output_tokens=c.n_tokens,
+                        clock=t.get("clock", "none"))
+
+
 def _backend_options(cfg: EvalConfig) -> dict:
     """Backend-specific constructor arguments (the vllm section, as ``generate`` passes it)."""
     import dataclasses
@@ -300,9 +317,21 @@ def _generate(backend, requests: list[Request], cfg: EvalConfig):
     chunk = max(1, cfg.batch_size // max(1, cfg.sampling.n))
     for i in range(0, len(requests), chunk):
         part = requests[i : i + chunk]
+        t0 = time.perf_counter()
         if cfg.control.budgets:
             swept = control_sweep(cfg.control, backend, part, cfg.sampling)
+            wall = time.perf_counter() - t0
             for value, completions in swept.items():
-                yield cfg.control.at(value), completions
+                yield cfg.control.at(value), _chunk_timed(completions, wall)
         else:
-            yield cfg.control, run_control(cfg.control, backend, part, cfg.sampling)
+            done = run_control(cfg.control, backend, part, cfg.sampling)
+            yield cfg.control, _chunk_timed(done, time.perf_counter() - t0)
+
+
+def _chunk_timed(completions: list[Completion], wall: float) -> list[Completion]:
+    """A control's samples are several generation passes: each is timed by its chunk's wall time (a sweep's
+    chunk holds every budget), with no time to first token."""
+    timing = {"latency_s": wall, "ttft_s": None, "clock": "chunk"}
+    for c in completions:
+        c.timing = dict(timing)
+    return completions

@@ -10,12 +10,17 @@ depend on what happens to be installed, and so no image can slip through as an e
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import re
 import shutil
 from pathlib import Path
 
 from tracewise.report.sections import Section
+
+# report.md marks where a section's raw HTML fragment goes in report.html: this comment on a line of its
+# own, with the section number and a digest of the fragment (a study's markdown cannot guess it).
+_FRAGMENT = "<!-- tracewise:html {n} {digest} -->"
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:.9em}th,td{border:1px solid #ccc;padding:.3em .6em}
@@ -38,7 +43,18 @@ def render_markdown(title: str, sections: list[Section], out: Path) -> str:
                 shutil.copyfile(img, dest)
                 img = dest
             parts.append(f"![{sec.title}]({img.name})")
+        if sec.html:
+            parts.append(_marker(n, sec.html))
     return "\n\n".join(parts) + "\n"
+
+
+def _marker(n: int, fragment: str) -> str:
+    return _FRAGMENT.format(n=n, digest=hashlib.sha256(fragment.encode("utf-8")).hexdigest()[:16])
+
+
+def html_fragments(sections: list[Section]) -> dict[str, str]:
+    """``{marker line: fragment}`` of the sections that carry raw HTML (for ``html_page``)."""
+    return {_marker(n, sec.html): sec.html for n, sec in enumerate(sections) if sec.html}
 
 
 def _inline(text: str, base: Path) -> str:
@@ -59,14 +75,20 @@ def _inline(text: str, base: Path) -> str:
     return re.sub(r"\[([^\]]+)\]\(([^)]+)\)", r'<a href="\2">\1</a>', out)
 
 
-def markdown_to_html(text: str, base: Path) -> str:
-    """Render the markdown subset this report writes; images resolve relative to ``base``."""
+def markdown_to_html(text: str, base: Path, fragments: dict[str, str] | None = None) -> str:
+    """Render the markdown subset this report writes; images resolve relative to ``base``. A line that is
+    a key of ``fragments`` (see ``html_fragments``) becomes that fragment, raw, once; any other text,
+    HTML comments included, is escaped."""
     out: list[str] = []
+    pending = dict(fragments or {})
     lines = text.splitlines()
     i = 0
     while i < len(lines):
         line = lines[i]
-        if line.startswith("```"):
+        if line.strip() in pending:
+            out.append(pending.pop(line.strip()))
+            i += 1
+        elif line.startswith("```"):
             j = next((k for k in range(i + 1, len(lines)) if lines[k].startswith("```")), len(lines))
             out.append("<pre>" + html.escape("\n".join(lines[i + 1 : j])) + "</pre>")
             i = j + 1
@@ -108,7 +130,8 @@ def _table_html(rows: list[str], base: Path) -> str:
     return "".join(parts) + "</tbody></table>"
 
 
-def html_page(title: str, markdown: str, base: Path) -> str:
-    """The whole ``report.html``: ``markdown`` rendered, images inlined from ``base``."""
+def html_page(title: str, markdown: str, base: Path, fragments: dict[str, str] | None = None) -> str:
+    """The whole ``report.html``: ``markdown`` rendered, images inlined from ``base``, the sections' raw
+    HTML ``fragments`` (``html_fragments``) in place of their marker lines."""
     return (f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f"<style>{CSS}</style></head><body>\n{markdown_to_html(markdown, base)}\n</body></html>\n")
+            f"<style>{CSS}</style></head><body>\n{markdown_to_html(markdown, base, fragments)}\n</body></html>\n")

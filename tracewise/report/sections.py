@@ -18,11 +18,17 @@ from typing import Callable
 
 @dataclass
 class Section:
-    """One report section: a title, a markdown body and PNG images shown after the body."""
+    """One report section: a title, a markdown body and PNG images shown after the body.
+
+    ``html`` is a trusted, self-contained HTML fragment built by tracewise itself (e.g. the sample
+    viewer), inserted raw into report.html after the body; report.md gets a one-line pointer instead.
+    Section files and ``extra_sections`` cannot set it, so a study's text is always escaped.
+    """
 
     title: str
     markdown: str
     images: list[Path] = field(default_factory=list)
+    html: str = ""
 
 
 def section_from_dict(d: dict, where: str) -> Section:

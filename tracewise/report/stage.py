@@ -24,8 +24,9 @@ from tracewise.evaluate.metrics import level_breakdown, read_summary, write_summ
 from tracewise.evaluate.replicates import ProblemTable, compare, problem_table
 from tracewise.report.diagnostics import consistency, consistency_reading, consistency_table, plot_solve_histogram
 from tracewise.report.plots import plot_accuracy_vs_tokens, plot_learning_curves
-from tracewise.report.render import html_page, render_markdown
+from tracewise.report.render import html_fragments, html_page, render_markdown
 from tracewise.report.sections import SECTIONS, Section, load_section_file, section_from_dict
+from tracewise.report.viewer import load_problem_sources, load_trace_sources, viewer_fragment
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,18 @@ class ReportConfig:
     extra_sections: list[dict] = doc("sections from later studies: {title, markdown, images}", factory=list)
     section_files: list[str] = doc("JSON files, each one section {title, markdown, images} written by a study "
                                    "(images relative to the JSON file's directory)", factory=list)
+    viewer: bool = doc("add the sample viewer to report.html when samples are given: per problem the question, "
+                       "gold answer, every student's samples (thinking/answer spans, verdict, tokens) and teacher "
+                       "traces, filterable by student, level and correct/wrong (report.html stays one file)", True)
+    problems: list[str] = doc("where the viewer finds each problem's question and gold: eval/generate/ingest run dirs "
+                              "(problems.jsonl, else the problems section of config.yaml), problem JSONL files or "
+                              "benchmark names (default: the run dir of each samples file, when it has them)",
+                              factory=list)
+    traces: list[str] = doc("teachers' training traces shown under each evaluated problem: generate/ingest run dirs "
+                            "or traces.jsonl files (only traces of evaluated problems are embedded)", factory=list)
+    reference_traces: list[str] = doc("teacher traces the students were NOT trained on (e.g. the teachers run on the "
+                                      "test problems), shown labelled 'reference (not trained on)'; same forms as "
+                                      "traces", factory=list)
 
     def validate(self) -> None:
         """Reject configs that cannot produce a report, naming the offending field."""
@@ -59,6 +72,11 @@ class ReportConfig:
         for f in self.section_files:
             if not Path(f).is_file():
                 raise ValueError(f"report.section_files: {f} not found")
+        for name in ("traces", "reference_traces"):
+            for f in getattr(self, name):
+                if not (Path(f).is_file() or (Path(f) / "traces.jsonl").is_file()):
+                    raise ValueError(f"report.{name}: {f}: no traces.jsonl there (a generate or ingest run dir, "
+                                     f"or the file)")
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -258,6 +276,30 @@ def consistency_section(grouped: dict[tuple[str, str], list[Sample]], out: Path)
                    [plot_solve_histogram(stats, out / "solve_histogram.png")])
 
 
+def viewer_section(cfg: ReportConfig, grouped: dict[tuple[str, str], list[Sample]]) -> Section:
+    """The sample viewer (tracewise.report.viewer) as a section: a pointer in report.md, the fragment in
+    report.html. Replicate seeds' samples are pooled as in the other sections."""
+    samples = [s for group in grouped.values() for s in group]
+    ids = {s.problem_id for s in samples}
+    if cfg.problems:
+        problems = load_problem_sources(cfg.problems)
+    else:
+        problems = load_problem_sources([str(Path(p).parent) for p in cfg.samples], strict=False)
+    traces = load_trace_sources(cfg.traces, ids)
+    reference = load_trace_sources(cfg.reference_traces, ids, "report.reference_traces")
+    shown = len({t.problem_id for t in [*traces, *reference]})
+    body = (f"{len(ids)} problems, {len(samples)} samples of {len({s.experiment for s in samples})} students; "
+            f"teacher traces on {shown} of the problems: {len(traces)} from the training pool, {len(reference)} "
+            f"references (not trained on). Interactive in report.html: it opens on the problems where the students "
+            f"disagree; filters: student, level, correct/wrong, also from the URL hash "
+            f"(e.g. #exp=mix&verdict=wrong&disagree=0&teachers=1).")
+    missing = len(ids - set(problems))
+    if missing:
+        body += f" No question or gold found for {missing} problems (set report.problems)."
+    return Section("Samples: what the students wrote", body,
+                   html=viewer_fragment(samples, problems, traces, reference))
+
+
 def run(cfg: ReportConfig) -> Path:
     """Write report.md, report.html and the merged summary.json into ``cfg.out``; return the HTML path."""
     cfg.validate()
@@ -282,6 +324,8 @@ def run(cfg: ReportConfig) -> Path:
         sections.append(Section("Does the mixed student adapt length to difficulty?", body))
     if cfg.samples:
         sections.append(consistency_section(grouped, out))
+    if cfg.samples and cfg.viewer:
+        sections.append(viewer_section(cfg, grouped))
     if cfg.curate_table:
         sections.append(Section("Curation", Path(cfg.curate_table).read_text(encoding="utf-8")))
     for i, d in enumerate(cfg.extra_sections):
@@ -294,7 +338,7 @@ def run(cfg: ReportConfig) -> Path:
     md = render_markdown(cfg.title, sections, out)
     (out / "report.md").write_text(md, encoding="utf-8")
     html_path = out / "report.html"
-    html_path.write_text(html_page(cfg.title, md, out), encoding="utf-8")
+    html_path.write_text(html_page(cfg.title, md, out, html_fragments(sections)), encoding="utf-8")
     write_summary(out / "summary.json", rows)
     log.info("report written to %s (%d experiments, %d sections)", html_path, len(rows), len(sections))
     return html_path

@@ -26,6 +26,10 @@ STUDIES: dict[str, tuple[str, str, str]] = {
     "few-shot": ("tracewise.studies.few_shot", "FewShotStudyConfig",
                "Few-shot style transfer: k exemplars in the other teacher's style (and the student's own) "
                "vs zero-shot; change in tokens and accuracy (report section)."),
+    "cost": ("tracewise.studies.cost", "CostStudyConfig",
+               "Cost, measured: each student behind `tracewise serve` (or any OpenAI-compatible endpoint) under a "
+               "fixed load; p50/p99 latency, TTFT, requests/s and tokens/s, ratios with intervals, money from "
+               "user prices (report section)."),
 }
 
 

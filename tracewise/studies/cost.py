@@ -2,7 +2,7 @@
 
 The paper's claim that ≈4× fewer tokens "directly translates to lower latency and operational costs"
 is a prediction; this study measures it. Every student is put behind its own ``tracewise serve``
-(or an OpenAI-compatible endpoint the user runs, e.g. vLLM, via ``endpoints``) and receives the same
+(students given the same model path share one server) (or an OpenAI-compatible endpoint the user runs, e.g. vLLM, via ``endpoints``) and receives the same
 chat requests (same problems, same per-request seeds) at each concurrency, ``repeats`` times. Repeats
 are interleaved across students (repeat 1 of every student, then repeat 2, …) so slow drift of the
 machine does not land on one student. Per repeat: p50/p99 latency, time to first token, requests/s
@@ -140,9 +140,13 @@ def run(cfg: CostStudyConfig) -> Path:
     endpoints: dict[str, tuple[str, str]] = dict(remote)
     stats: dict[str, dict[int, list[dict]]] = {}
     try:
+        started: dict[str, str] = {}  # model path -> base URL: students with the same model share one server
         for name, model in local.items():
-            servers[name], base = _start_server(model, cfg.threads, cfg.max_batch, out / f"serve-{name}.log")
-            endpoints[name] = (base, Path(model).name)
+            key = str(Path(model).resolve())
+            if key not in started:
+                servers[name], started[key] = _start_server(model, cfg.threads, cfg.max_batch,
+                                                            out / f"serve-{name}.log")
+            endpoints[name] = (started[key], Path(model).name)
         stream: dict[str, bool] = {}
         for name, (base, model) in endpoints.items():  # warm-up: first-request costs are not the student's
             warm, _ = run_load(base, model, prompts[:2], 2, cfg.max_tokens, cfg.temperature, cfg.seed, cfg.stream,

@@ -133,6 +133,13 @@ def run(cfg: QuickstartConfig) -> Path:
                                     max_tokens=cfg.eval_max_tokens, seed=sd), threads=threads))
         for sd, name in jobs
     }
+    # The teachers wrote traces for the TRAIN problems; the eval is on TEST problems, so the viewer would show
+    # no teacher trace next to a student's sample. The embedded teachers are procedural and fast, so they also
+    # write one reference trace per test problem, in <out>/reference/ (not <out>/generate-*: those are the
+    # training pools other studies read), shown labelled "reference (not trained on)".
+    refs = [generate.run(generate.GenerateConfig(out=str(out / "reference"), tokenizer=base_model, teacher=t,
+                                                 problems=test, sampling=SamplingParams(n=1, seed=cfg.seed)))
+            for t in cfg.teachers]
     lap("eval")
     samples = [str(evals[(sd, name)] / "samples.jsonl") for sd in seeds for name in names]  # seed-major
     summaries = [str(evals[(seeds[0], n)] / "summary.json") for n in names]
@@ -148,6 +155,11 @@ def run(cfg: QuickstartConfig) -> Path:
         train_logs=[str(sft_dirs[(seeds[0], n)] / "log_history.json") for n in names],
         curate_table=str(Path(cur) / "table.md"),
         mix_experiment="mix",
+        # the sample viewer: questions and golds from the eval runs, the teachers' training traces, and
+        # the reference traces on the test problems
+        problems=[str(evals[(seeds[0], n)]) for n in names],
+        traces=[str(g) for g in gens],
+        reference_traces=[str(r) for r in refs],
     ))
     lap("report")
     (out / "timings.json").write_text(json.dumps(timings, indent=1))
