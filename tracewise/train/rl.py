@@ -323,7 +323,8 @@ def run(cfg: RLRunConfig, callbacks: list | None = None) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cfg.validate()
-    model_path = resolve_model(cfg.model)
+    from tracewise.backends.model_files import resolve_model_file
+    model_path = resolve_model_file(resolve_model(cfg.model))  # a GGUF file/package → its cached HF dir
     inputs = [p for p in (model_path,) if Path(p).exists()] + cfg.problems.input_files()
     run_dir = stage_dir(cfg.out, "rl", cfg, inputs=inputs)
     if is_done(run_dir):

@@ -265,6 +265,8 @@ def run(cfg: SFTRunConfig) -> Path:
     if is_done(run_dir):
         log.info("train sft: %s is complete, nothing to do", run_dir)
         return run_dir
+    from tracewise.backends.model_files import with_resolved_model
+    cfg = with_resolved_model(cfg)  # a GGUF file/package → its cached HF dir (the run dir stays keyed by the spec)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     dataset = _load_dataset(cfg.dataset)
