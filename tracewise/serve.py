@@ -261,7 +261,8 @@ def _parse_body(body: dict, chat: bool, model_name: str, tokenizer: Any) -> tupl
             raise ValueError("'prompt' must be one non-empty string (token-id and batched prompts are not supported)")
         # A client that applied the chat template already wrote the BOS; the backend adds one too.
         bos = getattr(tokenizer, "bos_token", None)
-        if bos and prompt.startswith(bos):
+        # Only when the tokenizer adds it back: SmolLM2's BOS <|im_start|> opens every chat turn and is never added.
+        if bos and prompt.startswith(bos) and tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]:
             prompt = prompt[len(bos):]
         req.prompt = prompt
     return req, SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed), stop
