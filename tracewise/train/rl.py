@@ -394,8 +394,10 @@ def run(cfg: RLRunConfig, callbacks: list | None = None) -> Path:
     import torch
 
     cfg.validate()
-    model_path = resolve_model(cfg.model)
-    inputs = [*model_input(model_path), *cfg.problems.input_files()]
+    from tracewise.core.model_files import resolve_model_file
+
+    model_path = resolve_model_file(resolve_model(cfg.model))  # a GGUF file/package → its cached HF dir
+    inputs = [*model_input(cfg.model), *cfg.problems.input_files()]
     run_dir = stage_dir(cfg.out, "rl", cfg, inputs=inputs)
     _refuse_shorter(run_dir, cfg.max_steps)
     if is_done(run_dir):

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from tracewise.core.config import doc
 from tracewise.core.fingerprint import model_input
+from tracewise.core.model_files import with_resolved_model
 from tracewise.core.store import is_done, mark_done, save_config, stage_dir
 from tracewise.core.threads import THREADS_HELP, use_threads
 from tracewise.train.common import prepare_trainer, series
@@ -311,6 +312,7 @@ def run(cfg: SFTRunConfig) -> Path:
         log.info("train sft: %s is complete, nothing to do", run_dir)
         return run_dir
     cfg = dataclasses.replace(cfg, threads=use_threads(cfg.threads))  # the number it ran with, in config.yaml
+    cfg = with_resolved_model(cfg)  # a GGUF file/package → its cached HF dir (the run dir is keyed by the spec's bytes)
     ckpt_root = run_dir / "checkpoints"
     trainer = build_trainer(cfg, ckpt_root, grad_accum)
     if main:  # every rank runs this stage; one writes the run dir's files
