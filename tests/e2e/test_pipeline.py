@@ -76,18 +76,26 @@ def test_students_learned(quickstart_run):
     for log_path in out.glob("sft-*/log_history.json"):
         losses = [h["loss"] for h in json.loads(log_path.read_text()) if "loss" in h]
         assert losses[-1] < 0.6 * losses[0], f"{log_path}: loss did not fall ({losses[0]} -> {losses[-1]})"
-    equations = right = 0
     for samples_path in out.glob("eval-*/samples.jsonl"):
         samples = read_records(samples_path, Sample)
         if samples[0].experiment == "gpt-oss":
             formed = sum(s.pred is not None for s in samples) / len(samples)
             assert formed >= 0.5, f"{samples_path}: only {formed:.0%} of samples end with an answer"
-        for s in samples:
+    # Arithmetic is checked on the full-size students (test_full_quickstart_reproduces_the_finding): this
+    # 50-step, 64-wide student learns the trace format but not the sums once batches come in random order
+    # (the old length-grouped order let it pass a 40% bar here while skewing the full-size students).
+
+
+def equation_accuracy(out) -> tuple[int, int]:
+    """(right, total) single-digit equations "a + b = c" in the students' thinking: a random digit is right
+    1 time in 10."""
+    equations = right = 0
+    for samples_path in out.glob("eval-*/samples.jsonl"):
+        for s in read_records(samples_path, Sample):
             for a, op, b, c in re.findall(r"(\d) ?([-+]) ?(\d) ?= ?(\d+)", s.thinking):
                 equations += 1
                 right += int(c) == (int(a) + int(b) if op == "+" else int(a) - int(b))
-    # A random digit is right 1 time in 10; trained students must do far better.
-    assert equations >= 10 and right / equations >= 0.4, (right, equations)
+    return right, equations
 
 
 def test_rerun_is_a_noop(quickstart_run):
@@ -174,8 +182,12 @@ def test_pipeline_from_scratch_is_byte_identical_with_1_and_2_threads(tmp_path):
 
 @pytest.mark.slow
 def test_full_quickstart_reproduces_the_finding(tmp_path):
-    """The default quickstart: concise student >= 3.5x fewer tokens; pass@8 compared (reported)."""
+    """The default quickstart (~30 min on 2 loaded cores): concise student >= 3.5x fewer tokens at equal accuracy,
+    and full-size students do the arithmetic."""
     quickstart.run(build(quickstart.QuickstartConfig, {"out": str(tmp_path)}))
     rows = {r["experiment"]: r for r in json.loads((tmp_path / "summary.json").read_text())["rows"]}
     assert rows["r1"]["mean_tokens"] / rows["gpt-oss"]["mean_tokens"] >= 3.5
-    assert sum(json.loads((tmp_path / "timings.json").read_text()).values()) <= 600
+    # Measured (seed 0, random batch order): r1 0.936, gpt-oss 0.998, mix 0.993 pass@1. Parity, not a gap:
+    assert rows["gpt-oss"]["pass@1"] >= rows["r1"]["pass@1"] - 0.05 and rows["mix"]["pass@1"] >= 0.9
+    right, equations = equation_accuracy(tmp_path)
+    assert equations >= 100 and right / equations >= 0.9, (right, equations)
