@@ -49,6 +49,9 @@ class TrainSettings:
     learning_rate: float = doc("Peak learning rate.", 3e-3)
     warmup_ratio: float = doc("Warmup fraction.", 0.05)
     logging_steps: int = doc("Loss logging interval.", 10)
+    batch_order: str = doc("Batch order (train sft batch_order): random, length_buckets or group_by_length (the "
+                           "last two put one teacher per batch in the mix and cost the mix student its accuracy).",
+                           "random")
 
 
 @dataclass
@@ -135,7 +138,8 @@ def run(cfg: QuickstartConfig) -> Path:
     sft_cfgs = [
         sft.SFTRunConfig(out=str(out), experiment=name, model=base_model, dataset=str(curate.dataset_path(cur, name)),
                          max_steps=t.max_steps, batch_size=t.batch_size, learning_rate=t.learning_rate,
-                         warmup_ratio=t.warmup_ratio, logging_steps=t.logging_steps, seed=cfg.seed)
+                         warmup_ratio=t.warmup_ratio, logging_steps=t.logging_steps, seed=cfg.seed,
+                         batch_order=t.batch_order)
         for name in names
     ]
     # Longest first, so the verbose student does not start last and finish alone.
