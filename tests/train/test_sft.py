@@ -280,3 +280,90 @@ def test_dependency_floors_cover_the_apis_the_code_uses():
               "trl": "1.0"}
     for name, first in needed.items():
         assert floors[name] is not None and floors[name] >= Version(first), (name, floors[name])
+
+
+# ---------------------------------------------------------------- slow: accuracy vs batch order
+
+# Measured here (one seed, 600 steps, 2000 problems, pass@1 on 100 test problems x 4 samples):
+# random 0.90, length_buckets 0.17, group_by_length 0.13 (length_buckets with a dataset-wide instead of
+# per-batch token normalisation of the loss: 0.11). Batches of one length are batches of one teacher in
+# the mix, and that, not only the streaks, costs the accuracy.
+SLOW_STEPS, SLOW_N_TRAIN, SLOW_TOL, SLOW_FLOOR = 600, 2000, 0.15, 0.6
+
+
+def quickstart_mix_pass1(out, orders, steps=SLOW_STEPS, n_train=SLOW_N_TRAIN, n_test=100, samples=4) -> dict[str, float]:
+    """pass@1 of the quickstart's 50/50-mix student (its student, teachers, judge, filter and recipe; fewer
+    problems and steps) trained with each batch order, on the same held-out problems."""
+    from dataclasses import replace
+
+    from tracewise import curate, evaluate, generate
+    from tracewise.verify import stage as verify_stage
+    from tracewise.backends.base import SamplingParams
+    from tracewise.data.sources import ProblemsConfig
+    from tracewise.studies.quickstart import QuickstartConfig
+    from tracewise.train import sft
+    from tracewise.world import init_stage
+
+    torch.set_num_threads(1)
+    qs, out = QuickstartConfig(), str(out)
+    world = replace(qs.world, n_train=n_train, n_test=n_test)
+    base = str(init_stage.model_path(init_stage.run(init_stage.InitStudentConfig(
+        out=out, student=qs.student, pretrain_steps=qs.pretrain_steps))))
+    problems = ProblemsConfig(source="world", split="train", world=world)
+    gens = [str(generate.run(generate.GenerateConfig(out=out, tokenizer=base, teacher=t, problems=problems,
+                                                     sampling=SamplingParams(n=1, seed=qs.seed))))
+            for t in qs.teachers]
+    ver = verify_stage.run(verify_stage.VerifyConfig(out=out, generations=gens, judge_cfg=qs.judge))
+    cur = curate.run(curate.CurateConfig(out=out, generations=gens, verdicts=str(ver), filter=qs.filter,
+                                         mix_seed=qs.seed))
+    t = qs.train
+    result = {}
+    for order in orders:
+        run_dir = sft.run(sft.SFTRunConfig(
+            out=out, experiment=f"mix-{order}", model=base, dataset=str(curate.dataset_path(cur, "mix")),
+            max_steps=steps, batch_size=t.batch_size, learning_rate=t.learning_rate, warmup_ratio=t.warmup_ratio,
+            seed=qs.seed, batch_order=order, threads=1))
+        ev = evaluate.run(evaluate.EvalConfig(
+            out=out, experiment=f"mix-{order}", model=str(sft.model_dir(run_dir)),
+            problems=ProblemsConfig(source="world", split="test", world=world), threads=1,
+            sampling=SamplingParams(n=samples, temperature=qs.eval_temperature, max_tokens=qs.eval_max_tokens,
+                                    seed=qs.seed)))
+        result[order] = json.loads((ev / "summary.json").read_text())["rows"][0]["pass@1"]
+    return result
+
+
+@pytest.fixture(scope="module")
+def mix_pass1(tmp_path_factory):
+    """pass@1 of the mix student per batch order, each trained once (data stages are shared and reused)."""
+    root, cache = tmp_path_factory.mktemp("qs_mix"), {}
+
+    def get(order: str) -> float:
+        if order not in cache:
+            cache.update(quickstart_mix_pass1(root, (order,)))
+        return cache[order]
+
+    return get
+
+
+@pytest.mark.slow
+def test_quickstart_mix_student_learns_in_the_default_order(mix_pass1):
+    """The published failure (mix student pass@1 0.155 after grouped training) does not come back."""
+    assert SFTRunConfig().batch_order == "random"
+    assert mix_pass1("random") >= SLOW_FLOOR
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("order", [
+    pytest.param("length_buckets", marks=pytest.mark.xfail(strict=True, reason="measured 0.17 vs 0.90 random: "
+                                                           "one-length batches are one-teacher batches in the mix")),
+    pytest.param("group_by_length", marks=pytest.mark.xfail(strict=True, reason="measured 0.13 vs 0.90 random")),
+])
+def test_quickstart_mix_student_accuracy_does_not_depend_on_the_batch_order(mix_pass1, order):
+    """pass@1 within SLOW_TOL = 0.15 of the random-order student's. Known to fail for both length-aware
+    orders (strict xfail: the day one of them matches random, this says so and the doc can change).
+
+    Noise: pass@1 is a mean over 100 problems of per-problem pass rates in [0, 1] (variance <= 1/4), so
+    its standard error is <= 0.05 and that of a difference of two students <= 0.071; 0.15 is ~2.1 of
+    those (a worst-case bound).
+    """
+    assert abs(mix_pass1(order) - mix_pass1("random")) <= SLOW_TOL

@@ -11,9 +11,11 @@ bookkeeping costs more than the tiny model itself.
   random sample of the dataset, so in a mixed dataset each batch mixes the sources in their proportions.
 * ``length_buckets``: within chunks of 50 batches of randomly drawn examples, examples are sorted by length and
   cut into batches (little padding), then the order of ALL full batches is shuffled (seeded by ``seed`` and
-  the epoch). A batch holds examples of similar length (in a mixed dataset of a verbose and a concise
-  teacher that often means one teacher), but the batches come in uniformly random order, so runs of one
-  source are no longer than chance makes them.
+  the epoch), so runs of one source are no longer than chance makes them. But a batch holds examples of
+  similar length, and in a mix of a verbose and a concise teacher that means one teacher: measured on the
+  quickstart's mix student (one seed, 600 steps), pass@1 0.17 against 0.90 in random order (0.11 with the loss
+  normalised by a dataset-wide token count, so it is not the per-batch weighting). Faster where padding
+  dominates; check accuracy against ``random`` before relying on it.
 * ``group_by_length`` (legacy; what ``length_grouping: true`` did): transformers' ``LengthGroupedSampler``.
   Each chunk of 50 batches is sorted longest first and the chunks are not shuffled, so a mixed dataset
   is seen as ~25-batch streaks of the long source followed by ~25 of the short one. That ordering, not

@@ -4,7 +4,7 @@ Loss on the completion only, AdamW, cosine schedule with warmup (the paper's rec
 
 The trainer (:mod:`tracewise.train.hf_trainer`) adds ``fast_loss`` (the plain next-token loss, without
 TRL's per-step metrics) and ``batch_order``: ``random`` by default, so each batch of a mixed dataset mixes
-its sources; ``length_buckets`` puts similar lengths in a batch and shuffles the batches' order.
+its sources; ``length_buckets`` (less padding) puts similar lengths, i.e. often one source, in a batch.
 
 Resume: checkpoints hold optimizer, scheduler and RNG state; a rerun continues from the last one
 with the same data order (HF Trainer skips the batches already seen).
@@ -73,10 +73,11 @@ class SFTRunConfig:
     seed: int = doc("Seed for data order and dropout.", 0)
     logging_steps: int = doc("Log the loss every N steps.", 10, hash=False)
     save_steps: int = doc("Save a resumable checkpoint every N steps.", 100, hash=False)
-    batch_order: str = doc("Order of training examples: 'random' (uniform shuffle), 'length_buckets' (batches of "
-                           "similar-length examples, batch order shuffled: less padding, no streaks of one source), "
-                           "'group_by_length' (legacy transformers sampler: ~25-batch streaks of long then short "
-                           "examples, i.e. of one teacher in a mixed dataset; only to reproduce old runs).", "random")
+    batch_order: str = doc("Order of training examples: 'random' (uniform shuffle; use it for mixed datasets), "
+                           "'length_buckets' (similar lengths per batch, batches shuffled: less padding, but in a mix "
+                           "of a verbose and a concise teacher every batch is one teacher's, and the quickstart mix "
+                           "student measured pass@1 0.17 vs 0.90 random), 'group_by_length' (legacy transformers "
+                           "sampler, streaks of one teacher: 0.13; only to reproduce old runs).", "random")
     length_grouping: bool | None = doc("Removed: use batch_order (setting it is an error that says which value).",
                                        None, hash=False)
     fast_loss: bool = doc("Plain next-token loss without TRL's per-step entropy/accuracy metrics.", True)
