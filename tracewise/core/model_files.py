@@ -176,7 +176,9 @@ def convert_gguf(path: Path) -> Path:
         try:
             model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, local_files_only=True,
                                                          **kwargs)
-            tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, local_files_only=True)
+            # A GGUF file carries no model code: nothing remote to trust.
+            tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, local_files_only=True,
+                                                      trust_remote_code=False)
         except Exception as e:  # transformers raises many types for an unreadable file
             raise ValueError(f"model {path}: cannot load the GGUF file ({type(e).__name__}: {e})") from None
         model.save_pretrained(str(tmp / path.stem))
