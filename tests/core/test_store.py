@@ -59,6 +59,21 @@ def test_stage_dir_depends_on_config_and_stage_not_on_unhashed_fields(tmp_path: 
     assert "out" not in fp and "workers" not in fp["inner"]
 
 
+@dataclass
+class CfgWithOption(Cfg):
+    """Cfg after a release added an option (its default = what runs did before it existed)."""
+
+    option: int = doc("new option", 1, hash="nondefault")
+
+
+def test_an_option_added_later_keeps_old_run_dirs_and_keys_new_values(tmp_path: Path) -> None:
+    old = stage_dir(tmp_path, "gen", Cfg())
+    assert stage_dir(tmp_path, "gen", CfgWithOption()) == old  # the default: the run dir of before
+    assert stage_dir(tmp_path, "gen", CfgWithOption(option=4)) != old
+    assert stage_dir(tmp_path, "gen", CfgWithOption(option=4)) != stage_dir(tmp_path, "gen", CfgWithOption(option=2))
+    assert config_fingerprint(CfgWithOption(option=4))["option"] == 4
+
+
 def test_stage_dir_depends_on_input_bytes(tmp_path: Path) -> None:
     f = tmp_path / "in.jsonl"
     f.write_text("one\n")

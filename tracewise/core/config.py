@@ -18,8 +18,13 @@ import yaml
 C = TypeVar("C")
 
 
-def doc(help: str, default: Any = dataclasses.MISSING, *, factory: Any = None, hash: bool = True) -> Any:
-    """A dataclass field with its documentation; ``hash=False`` keeps it out of the run-dir hash."""
+def doc(help: str, default: Any = dataclasses.MISSING, *, factory: Any = None, hash: bool | str = True) -> Any:
+    """A dataclass field with its documentation; ``hash=False`` keeps it out of the run-dir hash.
+
+    ``hash="nondefault"``: hashed only when it differs from its default. For an option added to a stage
+    that already has runs on disk: the runs made before it existed (which ran with the default) keep their
+    directory, and a run with the option set gets its own.
+    """
     meta = {"help": help, "hash": hash}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=meta)

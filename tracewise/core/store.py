@@ -27,12 +27,21 @@ from tracewise.core.records import LOCK_NAME, TEMP_NAME, from_dict, iter_jsonl, 
 log = logging.getLogger(__name__)
 
 
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING
+
+
 def config_fingerprint(cfg: Any) -> dict:
     """The parts of a config dataclass that affect results (fields with ``metadata['hash']=False`` drop out)."""
     if dataclasses.is_dataclass(cfg):
         out = {}
         for f in dataclasses.fields(cfg):
-            if f.metadata.get("hash", True):
+            mode = f.metadata.get("hash", True)
+            if mode == "nondefault" and getattr(cfg, f.name) == _default(f):
+                continue
+            if mode:
                 out[f.name] = config_fingerprint(getattr(cfg, f.name))
         return out
     if isinstance(cfg, (list, tuple)):
