@@ -16,6 +16,9 @@ bookkeeping costs more than the tiny model itself.
   quickstart's mix student (one seed, 600 steps), pass@1 0.17 against 0.90 in random order (0.11 with the loss
   normalised by a dataset-wide token count, so it is not the per-batch weighting). Faster where padding
   dominates; check accuracy against ``random`` before relying on it.
+* ``random`` with ``micro_batches`` m > 1: the same random batches, each sorted by length and fed as m
+  micro-batches accumulated into one optimizer step (``SortedChunkSampler``): same examples per step, less
+  padding (the quickstart's mix student pads 0.63× as many tokens with m = 4).
 * ``group_by_length`` (legacy; what ``length_grouping: true`` did): transformers' ``LengthGroupedSampler``.
   Each chunk of 50 batches is sorted longest first and the chunks are not shuffled, so a mixed dataset
   is seen as ~25-batch streaks of the long source followed by ~25 of the short one. That ordering, not
@@ -76,6 +79,31 @@ class LengthBucketSampler:
         return iter(length_bucket_indices(self.lengths, self.batch_size, self.seed * 1_000_003 + self.epoch))
 
 
+def sorted_chunk_indices(lengths: list[int], chunk: int, seed: int) -> list[int]:
+    """A uniform random permutation cut into ``chunk``-sized slices, each slice sorted by length.
+
+    With ``micro_batches`` m > 1, a slice is one optimizer step's batch (``batch_size`` examples drawn at
+    random, exactly as ``random`` draws them) and the trainer sees it as m micro-batches of increasing
+    length, accumulated into one step: the step's examples and its gradient (the loss is normalised by
+    the step's token count, ``num_items_in_batch``) are those of the random batch, but each micro-batch
+    is padded only to its own longest example.
+    """
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(lengths), generator=g).tolist()
+    return [i for start in range(0, len(perm), chunk)
+            for i in sorted(perm[start:start + chunk], key=lambda i: lengths[i])]
+
+
+class SortedChunkSampler(LengthBucketSampler):
+    """``torch.utils.data.Sampler`` for ``micro_batches`` > 1 under ``batch_order: random`` (see
+    ``sorted_chunk_indices``); like ``LengthBucketSampler`` its order depends only on seed and epoch."""
+
+    def __iter__(self):
+        return iter(sorted_chunk_indices(self.lengths, self.batch_size, self.seed * 1_000_003 + self.epoch))
+
+
 def dataset_lengths(dataset, column: str = "input_ids") -> list[int]:
     """Token count of each row of a tokenized ``datasets.Dataset`` (read from Arrow, no Python lists of ids)."""
     import pyarrow.compute as pc
@@ -84,7 +112,7 @@ def dataset_lengths(dataset, column: str = "input_ids") -> list[int]:
     return pc.list_value_length(col).to_pylist()
 
 
-def trainer_class(fast_loss: bool, batch_order: str):
+def trainer_class(fast_loss: bool, batch_order: str, micro_batches: int = 1):
     import torch
     from trl import SFTTrainer
 
@@ -92,10 +120,13 @@ def trainer_class(fast_loss: bool, batch_order: str):
         """SFTTrainer with ``batch_order: length_buckets`` and, if ``fast_loss``, the plain loss."""
 
         def _get_train_sampler(self, train_dataset=None):
-            if batch_order != "length_buckets":
+            sorted_chunks = batch_order == "random" and micro_batches > 1
+            if batch_order != "length_buckets" and not sorted_chunks:
                 return super()._get_train_sampler(train_dataset)  # random / group_by_length: transformers' own
             ds = train_dataset if train_dataset is not None else self.train_dataset
             seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            if sorted_chunks:  # one chunk = the micro-batches of one optimizer step
+                return SortedChunkSampler(dataset_lengths(ds), self.args.train_batch_size * micro_batches, seed)
             return LengthBucketSampler(dataset_lengths(ds), self.args.train_batch_size, seed)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

@@ -78,11 +78,19 @@ class SFTRunConfig:
                            "of a verbose and a concise teacher every batch is one teacher's, and the quickstart mix "
                            "student measured pass@1 0.17 vs 0.90 random), 'group_by_length' (legacy transformers "
                            "sampler, streaks of one teacher: 0.13; only to reproduce old runs).", "random")
+    micro_batches: int = doc("Split each batch into this many micro-batches, sorted by length, accumulated into one "
+                             "optimizer step: the same random examples and gradient per step as one batch (the loss "
+                             "is normalised by the step's token count), with each micro-batch padded only to its "
+                             "own longest example. batch_size must be a multiple of it; batch_order random only.",
+                             1, hash="nondefault")
     length_grouping: bool | None = doc("Removed: use batch_order (setting it is an error that says which value).",
                                        None, hash=False)
     fast_loss: bool = doc("Plain next-token loss without TRL's per-step entropy/accuracy metrics.", True)
     bf16: bool | None = doc("bf16 mixed precision; None = on when CUDA is available.", None)
     gradient_checkpointing: bool = doc("Trade compute for memory (large models).", False)
+    torch_compile: bool = doc("torch.compile the model (transformers' torch_compile); kernels fuse differently, so "
+                              "it is part of the run hash. On the quickstart's tiny student on 2 CPU cores the "
+                              "compile time ate the gain (benchmarks/quickstart.py).", False, hash="nondefault")
     packing: bool = doc("Pack samples into max_length rows (TRL best-fit decreasing, padding-free; use "
                         "attn_implementation=flash_attention_2 on GPU so packed samples never attend to each other).",
                         False)
@@ -106,6 +114,11 @@ class SFTRunConfig:
                 "train.sft.length_grouping was replaced by batch_order: use batch_order=random (the default) or "
                 "batch_order=length_buckets (similar-length batches in shuffled order); length_grouping=true was "
                 "batch_order=group_by_length, whose streaks of one source skewed mixed-dataset students")
+        if self.micro_batches < 1 or self.batch_size % self.micro_batches:
+            raise ValueError(f"train.sft.micro_batches must be >= 1 and divide batch_size={self.batch_size}, "
+                             f"got {self.micro_batches}")
+        if self.micro_batches > 1 and self.batch_order != "random":
+            raise ValueError("train.sft.micro_batches > 1 needs batch_order=random (it sorts each random batch)")
         if self.batch_order not in BATCH_ORDERS:
             raise ValueError(f"train.sft.batch_order: expected one of {list(BATCH_ORDERS)}, got {self.batch_order!r}")
         check_report_to(self.report_to, "train.sft")
@@ -243,8 +256,8 @@ def training_args(cfg: SFTRunConfig, output_dir: str, grad_accum: int, bf16: boo
     return SFTConfig(
         output_dir=output_dir,
         max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=grad_accum,
+        per_device_train_batch_size=cfg.batch_size // cfg.micro_batches,
+        gradient_accumulation_steps=grad_accum * cfg.micro_batches,
         learning_rate=cfg.learning_rate,
         lr_scheduler_type="cosine",
         warmup_steps=cfg.warmup_ratio,  # transformers 5: a float < 1 is a ratio of max_steps
@@ -257,6 +270,7 @@ def training_args(cfg: SFTRunConfig, output_dir: str, grad_accum: int, bf16: boo
         use_cpu=not cuda,
         # The transformers 5 name: passing gradient_checkpointing (deprecated) warns on every run.
         activation_checkpointing=cfg.gradient_checkpointing,
+        torch_compile=cfg.torch_compile,
         # length_buckets: our sampler replaces transformers' random one (TracewiseSFTTrainer._get_train_sampler).
         train_sampling_strategy="group_by_length" if cfg.batch_order == "group_by_length" else "random",
         logging_steps=cfg.logging_steps,
@@ -295,7 +309,7 @@ def build_trainer(cfg: SFTRunConfig, output_dir: str | Path, grad_accum: int | N
     # After the SFTConfig: under DeepSpeed ZeRO-3 it registers the config that makes from_pretrained
     # load each weight straight into its shard instead of whole on every rank.
     model = _load_model(cfg, _load_dtype(cfg, bf16))
-    return trainer_class(cfg.fast_loss, cfg.batch_order)(
+    return trainer_class(cfg.fast_loss, cfg.batch_order, cfg.micro_batches)(
         model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=_peft_config(cfg))
 
 
