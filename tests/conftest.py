@@ -64,3 +64,23 @@ def save_pens_dataset(path: Path, repeats: int) -> str:
     ] * repeats
     Dataset.from_list(rows).save_to_disk(str(path))
     return str(path)
+
+
+@pytest.fixture(scope="module")
+def backend_calls() -> list[tuple[str, str]]:
+    """(name, class) of every backend the real ``tracewise.backends.get_backend`` builds while this module
+    runs. The real registry still decides (the call is wrapped, not replaced), so a test can show that a
+    stage resolved its backend by name itself. Module-scoped, for module-scoped fixtures that generate."""
+    import tracewise.backends
+
+    calls: list[tuple[str, str]] = []
+    real = tracewise.backends.get_backend
+
+    def get_backend(name, **kwargs):
+        backend = real(name, **kwargs)
+        calls.append((name, type(backend).__name__))
+        return backend
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tracewise.backends, "get_backend", get_backend)
+        yield calls

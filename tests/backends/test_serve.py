@@ -8,7 +8,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import torch
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
@@ -19,12 +18,6 @@ from tracewise.backends.serve import build_app, resolve_model_path
 
 NAME = "tiny"
 KEY = "serve-test-key-0123456789"
-
-
-@pytest.fixture(scope="module")
-def backend(student_path: str) -> HFBackend:
-    torch.set_num_threads(1)
-    return HFBackend(student_path, device="cpu")
 
 
 @pytest.fixture(scope="module")

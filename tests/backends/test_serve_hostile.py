@@ -11,7 +11,6 @@ import time
 
 import httpx
 import pytest
-import torch
 from fastapi.testclient import TestClient
 
 from tracewise.backends.base import Request, SamplingParams
@@ -21,12 +20,6 @@ from tracewise.backends.serve import ServeLimits, build_app
 NAME = "tiny"
 URL = "http://127.0.0.1"
 PROMPT = "Eva has 2 apples."
-
-
-@pytest.fixture(scope="module")
-def backend(student_path: str) -> HFBackend:
-    torch.set_num_threads(1)
-    return HFBackend(student_path, device="cpu")
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,7 @@ from types import SimpleNamespace
 
 import httpx
 import pytest
-import torch
 
-from tracewise.backends.hf import HFBackend
 from tracewise.backends.serve import build_app
 
 openai = pytest.importorskip("openai")
@@ -36,10 +34,8 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def live(student_path: str):
+def live(backend):
     """The app on a real 127.0.0.1 socket (uvicorn in a thread), so disconnects are real ones."""
-    torch.set_num_threads(1)
-    backend = HFBackend(student_path, device="cpu")
     app = build_app(backend, NAME, api_key=KEY)
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))

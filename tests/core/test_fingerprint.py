@@ -139,8 +139,8 @@ def test_big_files_are_hashed_once_and_any_rewrite_is_seen(tmp_path: Path, monke
     data = bytearray(b"\x01" * (fp.CACHE_MIN_BYTES + 10))
     weights.write_bytes(data)
     reads: list[str] = []
-    real = fp._read_sha
-    monkeypatch.setattr(fp, "_read_sha", lambda p: reads.append(Path(p).name) or real(p))
+    real = fp.file_sha256
+    monkeypatch.setattr(fp, "file_sha256", lambda p: reads.append(Path(p).name) or real(p))
 
     expected = hashlib.sha256(b"model.safetensors\0" + hashlib.sha256(bytes(data)).hexdigest().encode()).hexdigest()
     # Fresh file (ctime < RACY_S ago): hashed, not cached, so a rewrite in the same clock tick is seen.

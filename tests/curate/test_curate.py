@@ -28,27 +28,12 @@ WORLD = WorldConfig(n_train=60, n_test=10)
 TEACHERS = ("gpt-oss", "r1")
 
 
-BACKEND_CALLS: list[tuple[str, str]] = []  # (name, class) of every backend the fixture's generate runs built
-
-
-def _recording_get_backend(real):
-    """Wraps the real ``tracewise.backends.get_backend`` (the real registry decides), recording its calls."""
-    def get_backend(name, **kwargs):
-        backend = real(name, **kwargs)
-        BACKEND_CALLS.append((name, type(backend).__name__))
-        return backend
-    return get_backend
-
-
 @pytest.fixture(scope="module")
-def world(tmp_path_factory) -> dict:
+def world(tmp_path_factory, backend_calls) -> dict:
     """Two generate runs whose teachers err often, and a verify run whose judge accepts many wrong answers."""
     root = tmp_path_factory.mktemp("world")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TRACEWISE_NO_PROGRESS", "1")
-        import tracewise.backends
-
-        mp.setattr(tracewise.backends, "get_backend", _recording_get_backend(tracewise.backends.get_backend))
         problems = generate_problems(WORLD, "train")
         corpus = [p.question for p in problems] + [write_trace(p, TeacherConfig(style="r1"), 0)[0] for p in problems]
         tiny = StudentConfig(hidden_size=32, intermediate_size=64, num_layers=1)  # only its tokenizer is used
@@ -88,10 +73,10 @@ def expected_kept(world: dict, methods: tuple[str, ...]) -> list[str]:
 
 
 
-def test_generate_runs_came_from_the_registered_embedded_backend(world):
+def test_generate_runs_came_from_the_registered_embedded_backend(world, backend_calls):
     """Nothing is patched into the registry: `generate` resolved "embedded" itself, and the traces are
     exactly the embedded teacher's (write_trace with generate's default seed 0)."""
-    assert BACKEND_CALLS == [("embedded", "EmbeddedTeacherBackend")] * 2
+    assert backend_calls == [("embedded", "EmbeddedTeacherBackend")] * 2
     problems = {p.id: p for p in generate_problems(WORLD, "train")}
     rows = truth(world)["traces"]
     assert {t for t, _ in rows} == set(TEACHERS) and len(rows) == 2 * len(problems)

@@ -28,6 +28,7 @@ TRL and tracewise, so a kill/rerun costs the stage's own work, not 10 s of impor
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -323,13 +324,41 @@ def _assert_same_training(ref: Path, got: Path, stage: str) -> None:
     assert torch.is_tensor(next(iter(wa.values())))
 
 
+@contextlib.contextmanager
+def _reference_set_aside(chain, stage: str, tag: str):
+    """Move the stage's uninterrupted run aside while the test reruns it at the same path (config.yaml
+    records the path); yield (run dir, saved reference); put the reference back afterwards, so later
+    stages read exactly what they were built on."""
+    out, dirs, _secs = chain
+    ref = dirs[stage]
+    saved = out.parent / f"ref-{stage}-{tag}"
+    shutil.move(str(ref), saved)
+    try:
+        yield ref, saved
+    finally:
+        shutil.rmtree(ref, ignore_errors=True)
+        shutil.move(str(saved), ref)
+
+
+def _finish_and_compare(server, argv: list[str], stage: str, ref: Path, saved: Path,
+                        expect: str | None = None) -> None:
+    """Rerun the interrupted command to the end (logging ``expect`` as it resumes, if given), then
+    compare its run directory with the uninterrupted run's."""
+    code, _secs, log = server.run(argv)
+    assert code == 0, log.read_text()[-3000:]
+    assert expect is None or _resumed(log, expect), (expect, log.read_text()[-3000:])
+    assert (ref / "DONE").exists()
+    assert not list(ref.glob("*.partial.jsonl")) and not list(ref.glob("*.tmp"))
+    if stage in TRAINING:
+        _assert_same_training(saved, ref, stage)
+    else:
+        _assert_same_records(saved, ref)
+
+
 def kill_and_resume(server, chain, student: str, stage: str, seed: int, kills: int,
                     gate: GatedServer | None = None) -> None:
     out, dirs, secs = chain
-    ref = dirs[stage]
-    saved = out.parent / f"ref-{stage}-{seed}"
-    shutil.move(str(ref), saved)  # the rerun must write the same path (config.yaml records it)
-    try:
+    with _reference_set_aside(chain, stage, str(seed)) as (ref, saved):
         rng = random.Random(seed)
         argv = _argv(stage, out, student, dirs)
         interrupted = 0
@@ -356,18 +385,8 @@ def kill_and_resume(server, chain, student: str, stage: str, seed: int, kills: i
                     _cut_torn_tail(ref, rng)
             else:
                 assert code == 0, log.read_text()[-3000:]
-        code, _secs, log = server.run(argv)
-        assert code == 0, log.read_text()[-3000:]
         assert interrupted >= 1, "no kill landed before the command finished"
-        assert (ref / "DONE").exists()
-        assert not list(ref.glob("*.partial.jsonl")) and not list(ref.glob("*.tmp"))
-        if stage in TRAINING:
-            _assert_same_training(saved, ref, stage)
-        else:
-            _assert_same_records(saved, ref)
-    finally:  # put the reference back so later stages read exactly what they were built on
-        shutil.rmtree(ref, ignore_errors=True)
-        shutil.move(str(saved), ref)
+        _finish_and_compare(server, argv, stage, ref, saved)
 
 
 KILL_ENV = "TRACEWISE_TEST_KILL_AFTER"
@@ -414,10 +433,7 @@ def _resumed(log: Path, marker: str) -> bool:
 def kill_at_points_and_resume(server, chain, student: str, stage: str) -> None:
     """Deterministic kills through the hook (every one must land), then a clean finish; compare."""
     out, dirs, _secs = chain
-    ref = dirs[stage]
-    saved = out.parent / f"ref-{stage}-hook"
-    shutil.move(str(ref), saved)  # the rerun must write the same path (config.yaml records it)
-    try:
+    with _reference_set_aside(chain, stage, "hook") as (ref, saved):
         rng = random.Random(0)
         argv = _argv(stage, out, student, dirs)
         expect = None  # what the current run must log as it resumes
@@ -428,18 +444,7 @@ def kill_at_points_and_resume(server, chain, student: str, stage: str) -> None:
             assert ref.exists() and (not (ref / "DONE").exists() or stage in TRAINING)
             _cut_torn_tail(ref, rng)
             expect = next_expect
-        code, _secs, log = server.run(argv)
-        assert code == 0, log.read_text()[-3000:]
-        assert expect is None or _resumed(log, expect), (expect, log.read_text()[-3000:])
-        assert (ref / "DONE").exists()
-        assert not list(ref.glob("*.partial.jsonl")) and not list(ref.glob("*.tmp"))
-        if stage in TRAINING:
-            _assert_same_training(saved, ref, stage)
-        else:
-            _assert_same_records(saved, ref)
-    finally:  # put the reference back so later stages read exactly what they were built on
-        shutil.rmtree(ref, ignore_errors=True)
-        shutil.move(str(saved), ref)
+        _finish_and_compare(server, argv, stage, ref, saved, expect)
 
 
 @pytest.mark.parametrize("stage", STAGE_ORDER)

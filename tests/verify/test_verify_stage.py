@@ -28,27 +28,12 @@ WORLD = WorldConfig(n_train=60, n_test=10)
 TEACHER = dict(error_rate=[0.2, 0.3, 0.4], format_error_rate=0.05)
 
 
-BACKEND_CALLS: list[tuple[str, str]] = []  # (name, class) of every backend the fixture's generate runs built
-
-
-def _recording_get_backend(real):
-    """Wraps the real ``tracewise.backends.get_backend`` (the real registry decides), recording its calls."""
-    def get_backend(name, **kwargs):
-        backend = real(name, **kwargs)
-        BACKEND_CALLS.append((name, type(backend).__name__))
-        return backend
-    return get_backend
-
-
 @pytest.fixture(scope="module")
-def gens(tmp_path_factory) -> list[str]:
+def gens(tmp_path_factory, backend_calls) -> list[str]:
     """Two finished generate runs (r1, gpt-oss) over the same 60 world problems."""
     root = tmp_path_factory.mktemp("gen")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TRACEWISE_NO_PROGRESS", "1")
-        import tracewise.backends
-
-        mp.setattr(tracewise.backends, "get_backend", _recording_get_backend(tracewise.backends.get_backend))
         problems = generate_problems(WORLD, "train")
         corpus = [p.question for p in problems] + [
             write_trace(p, TeacherConfig(style=s), 0)[0] for p in problems for s in ("r1", "gpt-oss")
@@ -236,10 +221,10 @@ def test_math_verify_only_run_and_audit_without_agreement(gens, tmp_path):
     assert build_audit(verdicts, [], ["math_verify"])["accuracy"]["r1"]["math_verify"]["n"] == 60
 
 
-def test_generate_runs_came_from_the_registered_embedded_backend(gens):
+def test_generate_runs_came_from_the_registered_embedded_backend(gens, backend_calls):
     """The fixture patches nothing into the registry: `generate` resolved "embedded" itself, and the
     traces are exactly the embedded teacher's (write_trace with generate's default seed 0)."""
-    assert BACKEND_CALLS == [("embedded", "EmbeddedTeacherBackend")] * 2
+    assert backend_calls == [("embedded", "EmbeddedTeacherBackend")] * 2
     problems = {p.id: p for p in generate_problems(WORLD, "train")}
     traces = traces_of(gens)
     assert {t.teacher for t in traces} == {"r1", "gpt-oss"}

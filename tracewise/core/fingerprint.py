@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tracewise.core.hashing import file_sha256
 from tracewise.core.records import LOCK_NAME, TEMP_NAME, TIMINGS_NAME
 
 log = logging.getLogger(__name__)
@@ -63,13 +64,13 @@ class _ShaCache:
     def sha(self, p: Path) -> str:
         st = p.stat()
         if st.st_size < CACHE_MIN_BYTES:
-            return _read_sha(p)
+            return file_sha256(p)
         real = os.path.realpath(p)
         key = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
         hit = self.entries.get(real)
         if isinstance(hit, list) and hit[:-1] == key:
             return hit[-1]
-        digest = _read_sha(p)
+        digest = file_sha256(p)
         if time.time() - st.st_ctime >= RACY_S and p.stat().st_ctime_ns == st.st_ctime_ns:
             self.entries[real] = [*key, digest]
             self.dirty = True
@@ -86,14 +87,6 @@ class _ShaCache:
             os.replace(tmp, self.path)  # concurrent writers: the last one wins; a lost entry is only re-read
         except OSError as e:
             log.debug("fingerprint cache %s not written (%s)", self.path, e)
-
-
-def _read_sha(p: Path) -> str:
-    h = hashlib.sha256()
-    with open(p, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _scratch(rel: str, name: str) -> bool:

@@ -19,13 +19,14 @@ killed or concurrent conversion never leaves a half directory: the directory exi
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
 from pathlib import Path
+
+from tracewise.core.hashing import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -106,14 +107,6 @@ def gguf_file(spec: str) -> Path | None:
     return None
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -144,7 +137,7 @@ def _converted(final: Path) -> Path | None:
 
 def convert_gguf(path: Path) -> Path:
     """The cached HF directory for GGUF file ``path``, converting it first if needed."""
-    digest = _sha256(path)
+    digest = file_sha256(path)
     final = cache_root() / digest[:16]
     done = _converted(final)
     if done is not None:

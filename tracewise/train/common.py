@@ -1,5 +1,5 @@
 """What `train sft` and `train rl` share around the HF Trainer: the progress bar and log lines, and
-resuming from the newest complete checkpoint."""
+resuming from the newest complete checkpoint without training past ``max_steps``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from typing import Callable
 from tracewise.core.logs import progress_bar
 from tracewise.core.records import kill_point
 from tracewise.core.store import last_complete_checkpoint
+
+log = logging.getLogger(__name__)
 
 
 def trainer_progress_callback(description: str, total: int, describe_log: Callable[[dict], str | None]):
@@ -71,3 +73,29 @@ def prepare_trainer(trainer, stage: str, label: str, total: int, describe_log: C
 def series(history: list[dict], key: str) -> list[float]:
     """The numeric values of ``key`` in a Trainer ``log_history``, in order."""
     return [float(h[key]) for h in history if isinstance(h.get(key), (int, float))]
+
+
+def checkpoint_step(path: str | None) -> int:
+    """The optimizer step a ``checkpoint-N`` directory was saved at (0 for None or another name)."""
+    try:
+        return int(Path(path).name.rsplit("-", 1)[1]) if path else 0
+    except (IndexError, ValueError):
+        return 0
+
+
+def restore_final_checkpoint(trainer, checkpoint: str | None, max_steps: int) -> bool:
+    """Load ``checkpoint`` into ``trainer`` instead of training when it already holds ``max_steps`` steps.
+
+    A run killed after its last checkpoint but before DONE must not train on: transformers, resuming at
+    ``global_step == max_steps`` in mid-epoch, runs one more step before it checks ``max_steps`` (measured:
+    a 10-step run came back with 11). Under DeepSpeed the weights only load inside ``train()``, so that
+    case still resumes through it.
+    """
+    if checkpoint_step(checkpoint) < max_steps or trainer.is_deepspeed_enabled:
+        return False
+    from transformers.trainer_callback import TrainerState
+
+    trainer._load_from_checkpoint(checkpoint)
+    trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+    log.info("%s holds all %d steps: restored, nothing to train", checkpoint, max_steps)
+    return True

@@ -1,5 +1,5 @@
-"""Around transformers' Trainer, for ``train sft`` and ``train rl``: batch order, a lean SFT loss, ``report_to``
-checks, and a resume that never trains past ``max_steps``.
+"""Around transformers' Trainer, for ``train sft`` and ``train rl``: batch order, a lean SFT loss and
+``report_to`` checks. (Resuming, shared by both stages: :mod:`tracewise.train.common`.)
 
 ``fast_loss``: the plain next-token loss from the model's logits. TRL's default routes every step through
 a chunked "fused LM head" that also computes entropy and top-1 accuracy for logging; on CPU that
@@ -27,11 +27,6 @@ bookkeeping costs more than the tiny model itself.
 """
 
 from __future__ import annotations
-
-import logging
-from pathlib import Path
-
-log = logging.getLogger(__name__)
 
 BATCH_ORDERS = ("random", "length_buckets", "group_by_length")
 MEGABATCH = 50  # batches sorted together; the same chunk size as transformers' LengthGroupedSampler
@@ -162,29 +157,3 @@ def check_report_to(names: list[str], where: str) -> None:
             raise ValueError(f"{where}.report_to: unknown tracker {name!r}; known: {sorted(INTEGRATION_TO_CALLBACK)}")
         if name not in get_available_reporting_integrations():
             raise ValueError(f"{where}.report_to: {name!r} needs its Python package, which is not installed")
-
-
-def checkpoint_step(path: str | None) -> int:
-    """The optimizer step a ``checkpoint-N`` directory was saved at (0 for None or another name)."""
-    try:
-        return int(Path(path).name.rsplit("-", 1)[1]) if path else 0
-    except (IndexError, ValueError):
-        return 0
-
-
-def restore_final_checkpoint(trainer, checkpoint: str | None, max_steps: int) -> bool:
-    """Load ``checkpoint`` into ``trainer`` instead of training when it already holds ``max_steps`` steps.
-
-    A run killed after its last checkpoint but before DONE must not train on: transformers, resuming at
-    ``global_step == max_steps`` in mid-epoch, runs one more step before it checks ``max_steps`` (measured:
-    a 10-step run came back with 11). Under DeepSpeed the weights only load inside ``train()``, so that
-    case still resumes through it.
-    """
-    if checkpoint_step(checkpoint) < max_steps or trainer.is_deepspeed_enabled:
-        return False
-    from transformers.trainer_callback import TrainerState
-
-    trainer._load_from_checkpoint(checkpoint)
-    trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
-    log.info("%s holds all %d steps: restored, nothing to train", checkpoint, max_steps)
-    return True

@@ -37,8 +37,8 @@ from tracewise.core.fingerprint import model_input
 from tracewise.core.store import is_done, last_complete_checkpoint, mark_done, save_config, stage_dir
 from tracewise.core.threads import THREADS_HELP, use_threads
 from tracewise.data.sources import ProblemsConfig, load_problems
-from tracewise.train.common import prepare_trainer, series
-from tracewise.train.hf_trainer import check_report_to, checkpoint_step, restore_final_checkpoint
+from tracewise.train.common import checkpoint_step, prepare_trainer, restore_final_checkpoint, series
+from tracewise.train.hf_trainer import check_report_to
 
 log = logging.getLogger(__name__)
 

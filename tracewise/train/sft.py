@@ -31,8 +31,8 @@ from tracewise.core.fingerprint import model_input
 from tracewise.core.model_files import with_resolved_model
 from tracewise.core.store import is_done, mark_done, save_config, stage_dir
 from tracewise.core.threads import THREADS_HELP, use_threads
-from tracewise.train.common import prepare_trainer, series
-from tracewise.train.hf_trainer import BATCH_ORDERS, check_report_to, restore_final_checkpoint, trainer_class
+from tracewise.train.common import prepare_trainer, restore_final_checkpoint, series
+from tracewise.train.hf_trainer import BATCH_ORDERS, check_report_to, trainer_class
 
 log = logging.getLogger(__name__)
 
