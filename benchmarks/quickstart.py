@@ -1,10 +1,18 @@
-"""Wall time per quickstart stage, and training / generation tokens per second.
+"""The quickstart's wall time per stage, and the speed-up of each lever against the slow path, in one run.
 
-Runs `tracewise quickstart` (default config unless -c is given) into a fresh directory, then reads
-the run's own records: stage timings from timings.json, training tokens from the curated datasets
-(steps x batch x mean tokenised example length), generated tokens from the eval samples.
+1. Runs `tracewise quickstart` (its defaults: 3 seeds, or the config/overrides you give) into a fresh
+   directory and prints the time of each stage from the run's timings.json.
+2. Measures each training lever on that run's own base student and curated r1 dataset, in this same
+   process, one after the other: the median optimizer-step time of one student at 1 thread in float32
+   (the slow path's per-student setting) against bf16 autocast, torch.compile, and both; the first
+   step's extra time (compilation) is printed separately, because it is paid once per student. Then the
+   scheduling lever: two students trained at once in two 1-thread processes against one after the other
+   with 2 threads each (same steps), as wall time for the pair.
 
-Usage: python benchmarks/quickstart.py [--out DIR] [-c CONFIG] [KEY=VALUE ...]
+Run it on an idle machine (2 cores are easily disturbed by another process; see DEVELOPERS.md).
+
+Usage: python benchmarks/quickstart.py [--out DIR] [--run-dir DIR] [--lever-steps N] [-c CONFIG] [KEY=VALUE ...]
+  --run-dir DIR: skip step 1 and measure the levers on an existing quickstart run.
 """
 
 from __future__ import annotations
@@ -12,49 +20,109 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import statistics
 import tempfile
+import time
+from dataclasses import replace
 from pathlib import Path
 
-from tracewise.studies import quickstart
 from tracewise.core.config import load_config
 from tracewise.core.logs import setup_logging
-from tracewise.core.records import Sample, read_records
+from tracewise.studies import quickstart
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--run-dir", default=None, help="measure the levers on this finished quickstart run")
+    ap.add_argument("--lever-steps", type=int, default=40)
     ap.add_argument("-c", "--config", default=None)
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_args()
     setup_logging("WARNING")
-    out = a.out or tempfile.mkdtemp(prefix="tw-bench-")
-    cfg = load_config(quickstart.QuickstartConfig, a.config, [*a.overrides, f"out={out}"])
-    quickstart.run(cfg)
-    report(Path(out), cfg)
+    if a.run_dir:
+        out = Path(a.run_dir)
+    else:
+        out = Path(a.out or tempfile.mkdtemp(prefix="tw-bench-"))
+        cfg = load_config(quickstart.QuickstartConfig, a.config, [*a.overrides, f"out={out}"])
+        t0 = time.time()
+        quickstart.run(cfg)
+        print_stages(out, time.time() - t0)
+    print_levers(out, a.lever_steps)
 
 
-def report(out: Path, cfg: quickstart.QuickstartConfig) -> None:
-    from datasets import load_from_disk
-    from transformers import AutoTokenizer
-
+def print_stages(out: Path, wall: float) -> None:
     timings = json.loads((out / "timings.json").read_text())
     total = sum(timings.values())
-    print(f"quickstart wall time: {total:.0f} s")
+    print(f"quickstart wall time: {wall:.0f} s (stages {total:.0f} s)")
     for stage, secs in timings.items():
         print(f"  {stage:>12}: {secs:7.1f} s  ({secs / total:5.1%})")
-    train_tokens = 0
-    for sft_dir in out.glob("sft-*"):
-        conf = (sft_dir / "config.yaml").read_text()
-        dataset = next(line.split(": ", 1)[1] for line in conf.splitlines() if line.startswith("dataset:"))
-        model = next(line.split(": ", 1)[1] for line in conf.splitlines() if line.startswith("model:"))
-        tok = AutoTokenizer.from_pretrained(model)
-        ds = load_from_disk(dataset)
-        mean_len = sum(len(tok.apply_chat_template(r["prompt"] + r["completion"], tokenize=True)) for r in ds) / len(ds)
-        train_tokens += cfg.train.max_steps * cfg.train.batch_size * mean_len
-    gen_tokens = sum(s.n_tokens for p in out.glob("eval-*/samples.jsonl") for s in read_records(p, Sample))
-    print(f"training: {train_tokens:.0f} non-padding tokens, {train_tokens / timings['train']:.0f} tok/s (all students, wall)")
-    print(f"generation (eval): {gen_tokens} tokens, {gen_tokens / timings['eval']:.0f} tok/s")
+
+
+def _inputs(out: Path) -> tuple[str, str, str]:
+    """(base model, r1 dataset, mix dataset) of a quickstart run."""
+    from tracewise.curate import dataset_path
+
+    [student] = sorted(out.glob("student-*/model"))
+    [cur] = sorted(out.glob("curate-*"))
+    return str(student), str(dataset_path(cur, "r1")), str(dataset_path(cur, "mix"))
+
+
+def step_times(base: str, dataset: str, steps: int, threads: int, **levers) -> list[float]:
+    """Seconds of each optimizer step of one quickstart student (train sft's own trainer)."""
+    import torch
+    from transformers import TrainerCallback
+
+    from tracewise.train import sft
+    from tracewise.studies.common import TrainSettings
+
+    torch.set_num_threads(threads)
+    cfg = TrainSettings(max_steps=steps, **levers).sft_config("unused", "bench", base, dataset, 0)
+    cfg = replace(cfg, save_steps=10 ** 9, logging_steps=10 ** 9)
+    marks: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            if not marks:
+                marks.append(time.perf_counter())
+
+        def on_step_end(self, args, state, control, **kw):
+            marks.append(time.perf_counter())
+
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = sft.build_trainer(cfg, tmp)
+        trainer.add_callback(Clock())
+        trainer.train()
+    return [b - a for a, b in zip(marks, marks[1:])]
+
+
+def _pair_wall(base: str, datasets: list[str], steps: int, parallel: bool) -> float:
+    from tracewise.studies.common import TrainSettings, train_all
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfgs = [replace(TrainSettings(max_steps=steps).sft_config(tmp, f"pair{i}", base, d, 0), save_steps=10 ** 9)
+                for i, d in enumerate(datasets)]
+        t0 = time.time()
+        train_all(cfgs, parallel=2 if parallel else 1, threads=2)
+        return time.time() - t0
+
+
+def print_levers(out: Path, steps: int) -> None:
+    base, r1, mix = _inputs(out)
+    print(f"\nlevers on one r1 student ({steps} steps, 1 thread, median step after the first):")
+    variants = {"float32 (slow path)": {}, "bf16 autocast": {"bf16": True}, "torch.compile": {"torch_compile": True},
+                "bf16 + compile": {"bf16": True, "torch_compile": True}}
+    ref = None
+    for name, levers in variants.items():
+        t = step_times(base, r1, steps, 1, **levers)
+        med = statistics.median(t[1:])
+        ref = ref or med
+        print(f"  {name:>20}: {1000 * med:6.1f} ms/step (first step {t[0]:5.1f} s)  speed-up {ref / med:4.2f}×  "
+              f"per {steps}-step student incl. first step {ref * steps / (t[0] + med * (steps - 1)):4.2f}×")
+    serial = _pair_wall(base, [r1, mix], steps, parallel=False)
+    par = _pair_wall(base, [r1, mix], steps, parallel=True)
+    print(f"\nscheduling (r1 + mix students, {steps} steps each, float32): one after the other with 2 threads "
+          f"{serial:.1f} s; side by side, 1 thread each {par:.1f} s  → {serial / par:4.2f}×")
 
 
 if __name__ == "__main__":

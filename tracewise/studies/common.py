@@ -61,6 +61,13 @@ class TrainSettings:
     batch_order: str = doc("train sft batch_order: random (default), length_buckets (similar lengths per batch, "
                            "batches in shuffled order), group_by_length (legacy; its one-teacher streaks skewed "
                            "mixed students — only to reproduce old runs).", "random")
+    bf16: bool = doc("bf16 mixed precision (autocast; float32 master weights). On a CPU with avx512_bf16/AMX "
+                     "the tiny student trains faster (benchmarks/quickstart.py); off: float32 throughout.", False,
+                     hash="nondefault")
+    torch_compile: bool = doc("torch.compile each student (see train sft torch_compile).", False, hash="nondefault")
+    micro_batches: int = doc("train sft micro_batches: each random batch fed as this many length-sorted "
+                             "micro-batches (same examples and gradient per step, less padding).", 1,
+                             hash="nondefault")
 
     def validate(self) -> None:
         if self.max_steps < 1 or self.batch_size < 1 or self.learning_rate <= 0:
@@ -75,7 +82,13 @@ class TrainSettings:
         return sft.SFTRunConfig(out=out, experiment=experiment, model=model, dataset=dataset, max_steps=self.max_steps,
                                 batch_size=self.batch_size, learning_rate=self.learning_rate,
                                 warmup_ratio=self.warmup_ratio, logging_steps=self.logging_steps, seed=seed,
-                                batch_order=self.batch_order, **extra)
+                                batch_order=self.batch_order, **self._levers(), **extra)
+
+    def _levers(self) -> dict:
+        # Only set when on: an SFT config with bf16=None/torch_compile=False is the one runs had before these
+        # levers existed, so their run dirs stay valid.
+        return {**({"bf16": True} if self.bf16 else {}), **({"torch_compile": True} if self.torch_compile else {}),
+                **({"micro_batches": self.micro_batches} if self.micro_batches != 1 else {})}
 
 
 @dataclass
@@ -124,19 +137,47 @@ def _train_one(cfg: sft.SFTRunConfig) -> str:
     return str(sft.run(cfg))
 
 
+def _train_then_eval(cfg: sft.SFTRunConfig, ev: evaluate.EvalConfig | None) -> tuple[str, str | None]:
+    """Child-process entry: one student trained, then (``ev``, its ``model`` filled in) evaluated in the
+    same process, so a core that finished training goes on sampling while the other still trains."""
+    run_dir = _train_one(cfg)
+    if ev is None:
+        return run_dir, None
+    return run_dir, str(evaluate.run(replace(ev, model=str(sft.model_dir(run_dir)), threads=cfg.threads)))
+
+
 def train_all(cfgs: list[sft.SFTRunConfig], parallel: int, threads: int | None = None) -> list[Path]:
     """Run every SFT config, ``parallel`` at a time in spawned processes; ``threads`` (None: each config's own,
     1 per child process) are shared among the processes. Results do not depend on the split (core.threads)."""
+    return [d for d, _ in train_and_eval(cfgs, [None] * len(cfgs), parallel, threads)]
+
+
+def train_and_eval(cfgs: list[sft.SFTRunConfig], evals: list[evaluate.EvalConfig | None], parallel: int,
+                   threads: int | None = None) -> list[tuple[Path, Path | None]]:
+    """Train every SFT config and evaluate each trained student with its ``evals`` entry (None: no eval;
+    the entry's ``model`` is replaced by the trained model), ``parallel`` students at a time in spawned
+    processes, ``threads`` (None: each config's own, 1 per child process) shared among the processes.
+    A worker evaluates its student as soon as it is trained, so evaluation overlaps the other
+    students' training. Results do not depend on the split (core.threads). Returns (sft dir, eval dir)."""
     if parallel == 1 or len(cfgs) == 1:
-        return [sft.run(c if threads is None else replace(c, threads=threads)) for c in cfgs]
+        out = []
+        for c, ev in zip(cfgs, evals):
+            c = c if threads is None else replace(c, threads=threads)
+            d = sft.run(c)
+            out.append((d, None if ev is None else
+                        evaluate.run(replace(ev, model=str(sft.model_dir(d)), threads=c.threads))))
+        return out
     per_child = 1 if threads is None else max(1, threads // min(parallel, len(cfgs)))
     ctx = multiprocessing.get_context("spawn")
-    results: dict[int, Path] = {}
-    with progress_bar("train students", len(cfgs)) as advance:
+    results: dict[int, tuple[Path, Path | None]] = {}
+    label = "train + eval students" if any(e is not None for e in evals) else "train students"
+    with progress_bar(label, len(cfgs)) as advance:
         with cf.ProcessPoolExecutor(max_workers=parallel, mp_context=ctx) as pool:
-            futures = {pool.submit(_train_one, replace(c, threads=per_child)): i for i, c in enumerate(cfgs)}
+            futures = {pool.submit(_train_then_eval, replace(c, threads=per_child), ev): i
+                       for i, (c, ev) in enumerate(zip(cfgs, evals))}
             for fut in cf.as_completed(futures):
-                results[futures[fut]] = Path(fut.result())
+                d, e = fut.result()
+                results[futures[fut]] = (Path(d), None if e is None else Path(e))
                 log.info("trained %s", cfgs[futures[fut]].experiment)
                 advance(1)
     return [results[i] for i in range(len(cfgs))]

@@ -25,7 +25,7 @@ from tracewise.evaluate.metrics import read_summary, write_summary
 from tracewise.evaluate.replicates import combine_rows, problem_table, seed_list
 from tracewise.core.records import Sample, read_records
 from tracewise.train import sft
-from tracewise.studies.common import TrainSettings, train_all
+from tracewise.studies.common import TrainSettings, train_and_eval
 from tracewise.world import init_stage
 from tracewise.world.judge import JudgeConfig
 from tracewise.world.problems import WorldConfig
@@ -120,19 +120,19 @@ def run(cfg: QuickstartConfig) -> Path:
     jobs = [(sd, name) for sd in seeds for name in names]
     sft_cfgs = [cfg.train.sft_config(str(out), name, base_model, str(curate.dataset_path(cur, name)), sd)
                 for sd, name in jobs]
-    # Longest first, so the verbose students do not start last and finish alone.
-    order = sorted(range(len(jobs)), key=lambda i: jobs[i][1] != "r1")
-    trained = train_all([sft_cfgs[i] for i in order], cfg.parallel, threads)
-    sft_dirs = {jobs[i]: d for i, d in zip(order, trained)}
-    lap("train")
     test = ProblemsConfig(source="world", split="test", world=cfg.world)
-    evals = {
-        (sd, name): evaluate.run(evaluate.EvalConfig(
-            out=str(out), experiment=name, model=str(sft.model_dir(sft_dirs[(sd, name)])), problems=test,
-            sampling=SamplingParams(n=cfg.eval_samples, temperature=cfg.eval_temperature,
-                                    max_tokens=cfg.eval_max_tokens, seed=sd), threads=threads))
-        for sd, name in jobs
-    }
+    eval_cfgs = [evaluate.EvalConfig(out=str(out), experiment=name, model="", problems=test,
+                                     sampling=SamplingParams(n=cfg.eval_samples, temperature=cfg.eval_temperature,
+                                                             max_tokens=cfg.eval_max_tokens, seed=sd))
+                 for sd, name in jobs]
+    # Longest first, so a verbose student does not start last and finish alone; each worker evaluates its
+    # student right after training it, so sampling overlaps the other students' training.
+    rank = {"r1": 0, "mix": 1}  # longest training first (verbose, then mixed, then concise), seeds in turn
+    order = sorted(range(len(jobs)), key=lambda i: (rank.get(jobs[i][1], 2), i))
+    done = train_and_eval([sft_cfgs[i] for i in order], [eval_cfgs[i] for i in order], cfg.parallel, threads)
+    sft_dirs = {jobs[i]: d for i, (d, _) in zip(order, done)}
+    evals = {jobs[i]: e for i, (_, e) in zip(order, done)}
+    lap("train+eval")
     # The teachers wrote traces for the TRAIN problems; the eval is on TEST problems, so the viewer would show
     # no teacher trace next to a student's sample. The embedded teachers are procedural and fast, so they also
     # write one reference trace per test problem, in <out>/reference/ (not <out>/generate-*: those are the
@@ -140,7 +140,7 @@ def run(cfg: QuickstartConfig) -> Path:
     refs = [generate.run(generate.GenerateConfig(out=str(out / "reference"), tokenizer=base_model, teacher=t,
                                                  problems=test, sampling=SamplingParams(n=1, seed=cfg.seed)))
             for t in cfg.teachers]
-    lap("eval")
+    lap("reference")
     samples = [str(evals[(sd, name)] / "samples.jsonl") for sd in seeds for name in names]  # seed-major
     summaries = [str(evals[(seeds[0], n)] / "summary.json") for n in names]
     if len(seeds) > 1:
