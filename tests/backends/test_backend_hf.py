@@ -264,3 +264,16 @@ def test_registry_builds_backends_lazily(model_dir):
     assert isinstance(get_backend("hf", model=model_dir), HFBackend)
     with pytest.raises(ValueError, match="hf"):
         get_backend("nope")
+
+
+def test_generation_emits_no_deprecation_warnings(backend):
+    """transformers 5.24 renamed forward()'s KV-cache keyword to ``cache``; passing ``past_key_values``
+    warned (FutureWarning) once in every process, so once per quickstart student worker."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run(backend, [chat(0, QUESTIONS[0])], SamplingParams(n=2, temperature=1.0, max_tokens=6, seed=0))
+    bad = [f"{w.category.__name__}: {w.message}" for w in caught
+           if issubclass(w.category, (FutureWarning, DeprecationWarning)) and "deprecated" in str(w.message)]
+    assert not bad, bad

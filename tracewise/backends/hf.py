@@ -332,6 +332,14 @@ class HFBackend:
         return row.tokens[:-1] if row.tokens and row.tokens[-1] in self.eos_ids else row.tokens
 
 
+
+def _cache_keyword(model) -> str:
+    """The forward() keyword of the KV cache: ``cache`` since transformers 5.24 (``past_key_values`` still
+    works there but warns on every process), ``past_key_values`` before."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
 class Decoding:
     """One batch being decoded: left-padded prefill, 2D attention mask + explicit position ids, a
     ``DynamicCache``, one token per ``step()``; rows that finish are dropped from the batch and from the
@@ -356,6 +364,7 @@ class Decoding:
         self.active = list(rows)
         self.width = width
         self._extra = {"logits_to_keep": 1} if backend._keeps_last_logits else {}
+        self._cache_kw = _cache_keyword(self.model)
         self._groups: tuple | None = None  # (rows, {(temperature, top_p): row indices}, index tensors)
 
     def reserved_tokens(self) -> int:
@@ -368,7 +377,7 @@ class Decoding:
         set). ``stop(row)``, asked for each row whose new token is not EOS, finishes it now with
         ``finish_reason == "stop"`` when true (a stop string, a cancelled request)."""
         out = self.model(input_ids=self.input_ids, attention_mask=self.mask, position_ids=self.positions,
-                         past_key_values=self.cache, use_cache=True, **self._extra)
+                         **{self._cache_kw: self.cache}, use_cache=True, **self._extra)
         next_ids = self._pick(out.logits[:, -1, :])
         keep: list[int] = []
         finished: list[_Row] = []
