@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from tracewise.core.fingerprint import input_digest, path_digest  # noqa: F401  (path_digest: re-exported)
-from tracewise.core.records import LOCK_NAME, TEMP_NAME, from_dict, iter_jsonl, kill_point, to_json_line, write_records
+from tracewise.core.records import (LOCK_NAME, TEMP_NAME, from_dict, iter_jsonl, kill_point, open_temp, to_json_line,
+                                    write_records)
 
 log = logging.getLogger(__name__)
 
@@ -154,8 +155,6 @@ def _fsync_dir(path: Path) -> None:
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` to ``path`` atomically and durably: a unique temp file (O_EXCL, O_NOFOLLOW),
     fsync, rename, fsync of the directory. A crash leaves the old file or the new one, never a torn one."""
-    from tracewise.core.records import open_temp
-
     path = Path(path)
     tmp, fd = open_temp(path)
     try:
@@ -169,6 +168,25 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Copy ``src`` to ``dst`` the way ``atomic_write_text`` writes: a unique temp file, fsync, rename."""
+    import shutil
+
+    dst = Path(dst)
+    tmp, fd = open_temp(dst)
+    try:
+        with open(fd, "wb") as out, open(src, "rb") as inp:
+            shutil.copyfileobj(inp, out, 1 << 20)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(dst.parent)
+    return dst
 
 
 def mark_done(run_dir: Path, manifest: dict | None = None) -> None:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +20,7 @@ from tracewise.core.fingerprint import model_input
 from tracewise.data.sources import ProblemsConfig, load_problems
 from tracewise.core.logs import progress_bar
 from tracewise.core.records import Problem, Trace, write_records
-from tracewise.core.store import AppendLog, is_done, mark_done, save_config, stage_dir
+from tracewise.core.store import AppendLog, atomic_copy, is_done, mark_done, save_config, stage_dir
 from tracewise.core.tokens import load_tokenizer, span_counts
 from tracewise.core.text import parse_completion
 from tracewise.world.teachers import TeacherConfig
@@ -203,9 +201,7 @@ def _reopen_for_retry(run_dir: Path) -> bool:
         return False
     partial = run_dir / "traces.partial.jsonl"
     if not partial.exists():
-        tmp = run_dir / "traces.partial.jsonl.tmp"
-        shutil.copyfile(run_dir / "traces.jsonl", tmp)
-        os.replace(tmp, partial)
+        atomic_copy(run_dir / "traces.jsonl", partial)
     (run_dir / "DONE").unlink()
     log.info("generate: retrying the failed samples of %s", run_dir)
     return True
