@@ -96,13 +96,15 @@ def is_done(run_dir: Path) -> bool:
 _HELD: dict[str, int] = {}  # run dir -> fd of the lock file this process holds
 
 
-def lock_run_dir(run_dir: str | os.PathLike) -> None:
+def lock_run_dir(run_dir: str | os.PathLike, *, reopen: bool = False) -> None:
     """Take the exclusive lock of a stage run directory for this process (a no-op if it holds it).
 
     Two processes writing one run dir lose records and can delete each other's checkpoints, so the
     second is refused: ``ValueError("<dir>: run dir in use by pid N")``. The lock is an ``flock`` on
     ``<run_dir>/.lock``, which the kernel drops when the holder exits, however it dies; ``mark_done``
-    releases it. ``save_config`` (every stage's first write) takes it.
+    releases it. ``save_config`` (every stage's first write) takes it. A finished run dir is refused
+    (another process finished it meanwhile) unless ``reopen``: the caller means to reopen it, and
+    removes its ``DONE`` only once it holds the lock.
     """
     import fcntl
 
@@ -131,7 +133,7 @@ def lock_run_dir(run_dir: str | os.PathLike) -> None:
     for stale in run_dir.rglob(".*.tmp"):  # temp files of a killed writer (nobody else writes here now)
         if TEMP_NAME.fullmatch(stale.name):
             stale.unlink(missing_ok=True)
-    if is_done(run_dir):  # finished by another process between our is_done() check and this lock
+    if is_done(run_dir) and not reopen:  # finished by another process between our is_done() check and this lock
         unlock_run_dir(run_dir)
         raise ValueError(f"{run_dir}: another process finished this stage while this one was starting; "
                          "run it again to use the finished result")
