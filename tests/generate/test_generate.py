@@ -232,3 +232,48 @@ def test_sigkill_mid_run_then_resume_is_byte_identical(warm_child, student_path:
     assert clean.name == run_dir.name
     assert (run_dir / "traces.jsonl").read_bytes() == (clean / "traces.jsonl").read_bytes()
     assert len(read_records(run_dir / "traces.jsonl", Trace)) == KILL_N
+
+
+_HOLD_LOCK = textwrap.dedent("""
+    import fcntl, os, sys
+    fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\\n".encode(), 0)
+    print("locked", flush=True)
+    sys.stdin.read()  # hold it until the test closes our stdin
+""")
+
+
+def test_retry_failed_reopens_a_run_only_under_its_lock(student_path: str, tmp_path: Path) -> None:
+    import dataclasses
+
+    from tracewise.core.records import write_records
+
+    cfg = _cfg(tmp_path, student_path, n=4)
+    run_dir = run(cfg)
+    whole = (run_dir / "traces.jsonl").read_bytes()
+    traces = read_records(run_dir / "traces.jsonl", Trace)
+    # Make it a finished run with one failed sample, as a backend that ran out of retries leaves it.
+    write_records(run_dir / "traces.jsonl", traces[1:])
+    failed = dataclasses.replace(traces[0], text="", thinking="", answer_text="", finish_reason="error",
+                                 meta={"error": "HTTP 500"})
+    write_records(run_dir / "failed.jsonl", [failed])
+    retry = dataclasses.replace(cfg, retry_failed=True)
+
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(run_dir / ".lock")], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(ValueError, match=f"in use by pid {holder.pid}"):
+            run(retry)
+        # Refused before touching anything: still the finished run, not a half-reopened one.
+        assert is_done(run_dir) and (run_dir / "failed.jsonl").exists()
+        assert not (run_dir / "traces.partial.jsonl").exists()
+    finally:
+        holder.stdin.close()
+        holder.wait(10)
+    # Once the other process is gone, the retry reopens the run and redoes exactly the failed sample.
+    assert run(retry) == run_dir
+    assert is_done(run_dir) and not (run_dir / "failed.jsonl").exists()
+    assert (run_dir / "traces.jsonl").read_bytes() == whole

@@ -199,6 +199,16 @@ def test_bad_config_is_a_clear_error(tmp_path, overrides, match):
         load_config(RLRunConfig, None, base + overrides)
 
 
+@pytest.mark.parametrize("model", ["gpt2\n", "Qwen/Qwen2.5-0.5B\n", "gpt2\nrm -rf"])
+def test_a_hub_id_with_a_newline_is_not_a_hub_id(tmp_path, model):
+    import dataclasses
+
+    cfg = load_config(RLRunConfig, None, [f"out={tmp_path}", f"model={tmp_path}"])
+    dataclasses.replace(cfg, model=model.rstrip("\n").split("\n")[0]).validate()  # the bare id is accepted
+    with pytest.raises(ValueError, match="not found"):
+        dataclasses.replace(cfg, model=model).validate()
+
+
 def test_problem_without_gold_fails_before_training(tmp_path, sft_model):
     bad = tmp_path / "problems.jsonl"
     bad.write_text('{"id": "a", "question": "1+1?", "answer": "2"}\n{"id": "b", "question": "2+2?", "answer": ""}\n')

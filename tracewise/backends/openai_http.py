@@ -6,51 +6,45 @@ event loop thread with at most ``concurrency`` in flight; each finished sample i
 caller as soon as it finishes, so ``generate`` appends it to the store before the next arrives and
 a crash loses only what was in flight.
 
-Failures are expected at this scale: 429 (honouring ``Retry-After``), 5xx, timeouts (a deadline on
-the whole request, so a server that trickles bytes cannot stall a slot), dropped connections,
-malformed JSON and empty choice lists are retried with exponential backoff and jitter. A sample
-that exhausts its retries (or gets a non-retryable 4xx) becomes a ``Completion`` with
-``finish_reason == FAILED`` and the reason in ``meta["error"]`` when the caller asked for that
-(``report_failures=True``; ``generate`` records them and ``--retry-failed`` redoes them); other
-callers just do not get that sample, so their own resume logic asks again next run.
+Failures (429, 5xx, timeouts, dropped connections, malformed or oversized bodies) are retried with
+backoff by the HTTP half, ``tracewise.backends.openai_transport``. A sample that exhausts its retries (or
+gets a non-retryable 4xx) becomes a ``Completion`` with ``finish_reason == FAILED`` and the reason in
+``meta["error"]`` when the caller asked for that (``report_failures=True``; ``generate`` records them and
+``--retry-failed`` redoes them); other callers just do not get that sample, so their own resume logic asks
+again next run.
 
 The API key is read from the environment variable *named* by ``api_key_env`` and registered with
 ``tracewise.core.redact`` so it never reaches a log line, a saved config or a stored failure reason. With
 ``api_key_env`` empty, ``$OPENAI_API_KEY`` is sent to ``api.openai.com`` only (never to a local or third-party
 server by default), and no key is ever sent over plain ``http://`` to a host other than this machine.
-Response bodies are read up to ``max_response_bytes`` (after decompression); a body that is too large,
-does not decompress, or is JSON nested too deeply is a retryable failure of that attempt.
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import ipaddress
-import json
 import logging
-import math
 import os
 import queue
-import random
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 from urllib.parse import urlsplit
 
 import httpx
 
 from tracewise.backends.base import Completion, Request, SamplingParams
+from tracewise.backends.openai_transport import FAILED, Job, Retry, Transport
 from tracewise.core.seeding import sample_seed
 from tracewise.core.config import doc
 from tracewise.core.redact import check_env_name, redact, register_secret
 
 log = logging.getLogger(__name__)
 
-FAILED = "error"  # finish_reason of a sample that exhausted its retries
+__all__ = ["DEFAULT_BASE_URL", "FAILED", "OPENAI_HOST", "OpenAIBackend", "OpenAIConfig", "is_loopback"]
+
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
-_RETRY_STATUS = {408, 409, 425, 429}
 _DONE = object()
 OPENAI_HOST = "api.openai.com"
 
@@ -111,26 +105,6 @@ class OpenAIConfig:
             raise ValueError(f"openai.backoff_base must be >= 0, got {self.backoff_base}")
         if self.base_url and not self.base_url.startswith(("http://", "https://")):
             raise ValueError(f"openai.base_url must start with http:// or https://, got {redact(self.base_url)!r}")
-
-
-@dataclass
-class _Job:
-    request: Request
-    sample_idx: int
-    body: dict
-    reasons: list[str] = field(default_factory=list)
-
-
-class _Retry(Exception):
-    """A retryable failure; ``delay`` is the server's Retry-After when it sent one."""
-
-    def __init__(self, reason: str, delay: float | None = None):
-        super().__init__(reason)
-        self.delay = delay
-
-
-class _Fatal(Exception):
-    """A failure retrying cannot fix (a 4xx other than 408/409/425/429)."""
 
 
 class OpenAIBackend:
@@ -242,7 +216,7 @@ class OpenAIBackend:
             for idx in req.sample_idxs if req.sample_idxs is not None else range(sampling.n):
                 if not 0 <= idx < sampling.n:
                     raise ValueError(f"request {req.id!r}: sample_idx {idx} is outside 0..{sampling.n - 1}")
-                jobs.append(_Job(req, idx, self._body(req, idx, sampling)))
+                jobs.append(Job(req, idx, self._body(req, idx, sampling)))
         if not jobs:
             return
         results: queue.Queue = queue.Queue()
@@ -306,139 +280,30 @@ class OpenAIBackend:
         raise ValueError(f"{self.name}: cannot reach the OpenAI-compatible endpoint {redact(self.base_url)} "
                          f"({type(last).__name__}: {redact(str(last))}); is the server running?")
 
-    def _thread_main(self, jobs: list[_Job], results: queue.Queue, stop: threading.Event) -> None:
+    def _thread_main(self, jobs: list[Job], results: queue.Queue, stop: threading.Event) -> None:
+        def put(c: Completion) -> None:  # None still wakes the consumer
+            results.put(c if c.finish_reason != FAILED or self.report_failures else None)
+
         try:
-            asyncio.run(self._run_all(jobs, results.put, stop))
+            path = "/chat/completions" if self.cfg.endpoint == "chat" else "/completions"
+            transport = Transport(self.cfg, self.base_url, self._headers(), self.name, self.stats)
+            asyncio.run(transport.run_all(jobs, path, self._completion, put, stop))
         except BaseException as e:  # surface any bug in the caller's thread instead of hanging it
             results.put(e)
         finally:
             results.put(_DONE)
 
-    # ---- the async engine -------------------------------------------------------------------
+    # ---- what an answer means ---------------------------------------------------------------
 
-    async def _run_all(self, jobs: list[_Job], put: Callable[[Any], None], stop: threading.Event) -> None:
-        path = "/chat/completions" if self.cfg.endpoint == "chat" else "/completions"
-        todo = iter(jobs)  # workers pull from one iterator: at most `concurrency` requests exist at once
-        # One single-connection client per worker, not one pooled client: httpcore's pool scans every
-        # connection on every request, which measured 1.5x the CPU per request at 16 connections
-        # (2.4 vs 1.5 ms) on a local server. The TLS context is built once and shared.
-        ssl_context = httpx.create_ssl_context() if self.base_url.startswith("https://") else None
-
-        async def worker() -> None:
-            async with httpx.AsyncClient(base_url=self.base_url, headers=self._headers(),
-                                         limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
-                                         timeout=httpx.Timeout(self.cfg.timeout),
-                                         **({"verify": ssl_context} if ssl_context else {})) as client:
-                for job in todo:
-                    if stop.is_set():
-                        return
-                    c = await self._one(client, path, job)
-                    put(c if c.finish_reason != FAILED or self.report_failures else None)  # None still wakes the consumer
-
-        tasks = [asyncio.create_task(worker()) for _ in range(min(self.cfg.concurrency, len(jobs)))]
-        watcher = asyncio.create_task(self._watch(stop, tasks))
-        try:
-            await asyncio.gather(*tasks)
-        finally:
-            watcher.cancel()
-
-    @staticmethod
-    async def _watch(stop: threading.Event, tasks: list[asyncio.Task]) -> None:
-        while not stop.is_set():
-            await asyncio.sleep(0.05)
-        for t in tasks:
-            t.cancel()
-
-    async def _one(self, client: httpx.AsyncClient, path: str, job: _Job) -> Completion:
-        attempts = self.cfg.max_retries + 1
-        for attempt in range(attempts):
-            try:
-                return await asyncio.wait_for(self._attempt(client, path, job), self.cfg.timeout)
-            except asyncio.TimeoutError:
-                reason, delay = f"timeout after {self.cfg.timeout:g} s", None
-            except httpx.TimeoutException as e:
-                reason, delay = f"timeout ({type(e).__name__})", None
-            except (httpx.TransportError, httpx.DecodingError) as e:  # refused, reset, closed mid-body, bad gzip
-                reason, delay = f"{type(e).__name__}: {e}".rstrip(": "), None
-            except httpx.HTTPError as e:  # anything else httpx raises for this one response
-                reason, delay = f"{type(e).__name__}: {e}".rstrip(": "), None
-            except _Retry as e:
-                reason, delay = str(e), e.delay
-            except _Fatal as e:
-                job.reasons.append(redact(str(e)))
-                break
-            job.reasons.append(redact(reason))
-            if attempt + 1 < attempts:
-                self.stats["retries"] += 1
-                log.debug("%s %s#%d: attempt %d failed (%s), retrying", self.name, job.request.id, job.sample_idx,
-                          attempt + 1, job.reasons[-1])
-                await asyncio.sleep(self._delay(attempt) if delay is None else delay)
-        self.stats["failed"] += 1
-        reason = job.reasons[-1]
-        log.warning("%s %s#%d failed after %d attempt(s): %s", self.name, job.request.id, job.sample_idx,
-                    len(job.reasons), reason)
-        return Completion(job.request.id, job.sample_idx, "", 0, FAILED,
-                          {"error": reason, "attempts": len(job.reasons), "errors": job.reasons[-5:]})
-
-    def _delay(self, attempt: int) -> float:
-        """Exponential backoff with "equal jitter": half fixed, half random, so retries spread out."""
-        d = min(self.cfg.backoff_max, self.cfg.backoff_base * 2 ** attempt)
-        return d / 2 + random.uniform(0, d / 2)
-
-    def _retry_after(self, resp: httpx.Response) -> float | None:
-        value = resp.headers.get("retry-after")
-        if value is None:
-            return None
-        try:
-            seconds = float(value)
-        except ValueError:
-            try:
-                seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
-            except (TypeError, ValueError):
-                return None
-        if not math.isfinite(seconds):  # "nan", "inf": no usable delay, so the usual backoff
-            return None
-        return min(max(seconds, 0.0), self.cfg.max_retry_after)
-
-    async def _read_body(self, resp: httpx.Response) -> bytes:
-        """The (decompressed) body, refusing more than ``max_response_bytes``."""
-        cap = self.cfg.max_response_bytes
-        declared = resp.headers.get("content-length", "")
-        too_big = f"response body larger than {cap} bytes"
-        if declared.isdigit() and int(declared) > cap and not resp.headers.get("content-encoding"):
-            raise _Retry(too_big)
-        chunks, size = [], 0
-        async for chunk in resp.aiter_bytes():
-            size += len(chunk)
-            if size > cap:
-                raise _Retry(too_big)
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-    async def _attempt(self, client: httpx.AsyncClient, path: str, job: _Job) -> Completion:
-        t0 = time.perf_counter()
-        async with client.stream("POST", path, json=job.body) as resp:
-            raw = await self._read_body(resp)
-        # This attempt's wall time, send to last byte (earlier failed attempts and backoff excluded). The
-        # response is read whole (retries and the size cap work on the body), so no time to first token.
-        timing = {"latency_s": time.perf_counter() - t0, "ttft_s": None, "clock": "request"}
-        code = resp.status_code
-        if code != 200:
-            snippet = " ".join(raw[:600].decode("utf-8", "replace")[:300].split())
-            if code in _RETRY_STATUS or code >= 500:
-                raise _Retry(f"HTTP {code}: {snippet}", self._retry_after(resp) if code in (429, 503) else None)
-            raise _Fatal(f"HTTP {code}: {snippet}")
-        try:
-            data = json.loads(raw)
-        except (ValueError, RecursionError):  # not JSON, bad UTF-8, or nested past the parser's stack
-            raise _Retry(f"malformed JSON in the response body: {raw[:80]!r}") from None
+    def _completion(self, job: Job, data: Any, timing: dict) -> Completion:
+        """A 200 answer's decoded JSON as the sample's Completion; ``Retry`` when it holds no usable choice."""
         choices = data.get("choices") if isinstance(data, dict) else None
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-            raise _Retry("response has no choices")
+            raise Retry("response has no choices")
         choice = choices[0]
         text = self._choice_text(choice)
         if text is None:
-            raise _Retry(f"malformed choice: {str(choice)[:120]}")
+            raise Retry(f"malformed choice: {str(choice)[:120]}")
         usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
         meta: dict[str, Any] = {"attempts": len(job.reasons) + 1}
         if isinstance(usage.get("completion_tokens"), int):

@@ -13,7 +13,8 @@ Built to survive hostile clients, like the servers users trust (vLLM's OpenAI se
 * each request is encoded when it arrives, on a worker thread (never on the event loop), so a bad one
   fails alone; a batch that fails is retried one request at a time (``serve_engine``);
 * a bounded number of requests in the server (more: 429 with Retry-After), a body cap (413), bounded
-  KV memory (``max_batch_tokens``); a client that disconnects cancels its work;
+  KV memory (``max_batch_tokens``); a client that disconnects cancels its work; a connection whose
+  request head is not complete within ``header_timeout_s`` (slowloris) is closed (``serve_http``);
 * errors are fixed messages per kind: never another client's text, never a server path;
 * Host is checked on loopback binds (no DNS rebinding), /docs and /openapi.json are off, a
   non-loopback bind needs an API key of >= 16 characters (or an explicit ``--insecure``);
@@ -40,6 +41,7 @@ from tracewise.backends.base import Request
 from tracewise.core.redact import check_env_name, register_secret
 from tracewise.backends.serve_api import ServeLimits, bad, error_body, loads, parse_body, response, sse, strip_bos
 from tracewise.backends.serve_engine import SHUTTING_DOWN, Engine, Pending, ServeError
+from tracewise.backends.serve_http import server_config
 
 __all__ = ["ServeLimits", "build_app", "resolve_model_path", "serve"]
 
@@ -318,7 +320,5 @@ def serve(model: str, port: int = 8000, host: str = "127.0.0.1", *, served_model
             engine.close()  # a plain flag: safe in a signal handler
             super().handle_exit(sig, frame)
 
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level.lower(), access_log=False,
-                            timeout_graceful_shutdown=max(1, int(shutdown_timeout)),
-                            limit_concurrency=4 * limits.max_queue + 64)  # beyond: uvicorn says 503
-    Server(config).run()
+    Server(server_config(app, host, port, header_timeout_s=limits.header_timeout_s, max_queue=limits.max_queue,
+                         log_level=log_level, shutdown_timeout=shutdown_timeout)).run()

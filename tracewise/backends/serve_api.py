@@ -35,6 +35,7 @@ class ServeLimits:
     max_batch_tokens: int = 65536  # KV-cache positions reserved over all live batches
     max_live_batches: int = 4
     batch_wait_ms: float = 50.0
+    header_timeout_s: float = 10.0  # a connection's request head must arrive within this (slowloris; serve_http)
 
     def validate(self) -> None:
         for name in ("max_tokens_cap", "max_n", "max_messages", "max_body_bytes", "max_queue", "max_batch",
@@ -45,6 +46,8 @@ class ServeLimits:
             raise ValueError(f"max_n ({self.max_n}) cannot exceed --max-batch ({self.max_batch})")
         if not 0 <= self.batch_wait_ms <= 10_000:
             raise ValueError(f"--batch-wait-ms must be in [0, 10000], got {self.batch_wait_ms}")
+        if not 0 < self.header_timeout_s <= 3600:
+            raise ValueError(f"--header-timeout must be in (0, 3600] seconds, got {self.header_timeout_s}")
 
 
 def error_body(status: int, message: str, kind: str) -> dict:

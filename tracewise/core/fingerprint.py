@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tracewise.core.hashing import file_sha256
-from tracewise.core.records import LOCK_NAME, TEMP_NAME, TIMINGS_NAME
+from tracewise.core.records import LOCK_NAME, TEMP_NAME, TIMINGS_NAME, open_temp
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +82,14 @@ class _ShaCache:
         live = {k: v for k, v in self.entries.items() if os.path.exists(k)}  # forget deleted files
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(live, sort_keys=True))
-            os.replace(tmp, self.path)  # concurrent writers: the last one wins; a lost entry is only re-read
+            tmp, fd = open_temp(self.path)  # a name of this call's own: two writers never share a temp file
+            try:
+                with open(fd, "w", encoding="utf-8") as fh:
+                    fh.write(json.dumps(live, sort_keys=True))
+                os.replace(tmp, self.path)  # concurrent writers: the last one wins; a lost entry is only re-read
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
         except OSError as e:
             log.debug("fingerprint cache %s not written (%s)", self.path, e)
 

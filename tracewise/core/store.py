@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from tracewise.core.fingerprint import input_digest, path_digest  # noqa: F401  (path_digest: re-exported)
-from tracewise.core.records import LOCK_NAME, TEMP_NAME, from_dict, iter_jsonl, kill_point, to_json_line, write_records
+from tracewise.core.records import (LOCK_NAME, TEMP_NAME, from_dict, iter_jsonl, kill_point, open_temp, to_json_line,
+                                    write_records)
 
 log = logging.getLogger(__name__)
 
@@ -104,13 +105,15 @@ def is_done(run_dir: Path) -> bool:
 _HELD: dict[str, int] = {}  # run dir -> fd of the lock file this process holds
 
 
-def lock_run_dir(run_dir: str | os.PathLike) -> None:
+def lock_run_dir(run_dir: str | os.PathLike, *, reopen: bool = False) -> None:
     """Take the exclusive lock of a stage run directory for this process (a no-op if it holds it).
 
     Two processes writing one run dir lose records and can delete each other's checkpoints, so the
     second is refused: ``ValueError("<dir>: run dir in use by pid N")``. The lock is an ``flock`` on
     ``<run_dir>/.lock``, which the kernel drops when the holder exits, however it dies; ``mark_done``
-    releases it. ``save_config`` (every stage's first write) takes it.
+    releases it. ``save_config`` (every stage's first write) takes it. A finished run dir is refused
+    (another process finished it meanwhile) unless ``reopen``: the caller means to reopen it, and
+    removes its ``DONE`` only once it holds the lock.
     """
     import fcntl
 
@@ -139,7 +142,7 @@ def lock_run_dir(run_dir: str | os.PathLike) -> None:
     for stale in run_dir.rglob(".*.tmp"):  # temp files of a killed writer (nobody else writes here now)
         if TEMP_NAME.fullmatch(stale.name):
             stale.unlink(missing_ok=True)
-    if is_done(run_dir):  # finished by another process between our is_done() check and this lock
+    if is_done(run_dir) and not reopen:  # finished by another process between our is_done() check and this lock
         unlock_run_dir(run_dir)
         raise ValueError(f"{run_dir}: another process finished this stage while this one was starting; "
                          "run it again to use the finished result")
@@ -163,8 +166,6 @@ def _fsync_dir(path: Path) -> None:
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` to ``path`` atomically and durably: a unique temp file (O_EXCL, O_NOFOLLOW),
     fsync, rename, fsync of the directory. A crash leaves the old file or the new one, never a torn one."""
-    from tracewise.core.records import open_temp
-
     path = Path(path)
     tmp, fd = open_temp(path)
     try:
@@ -178,6 +179,25 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Copy ``src`` to ``dst`` the way ``atomic_write_text`` writes: a unique temp file, fsync, rename."""
+    import shutil
+
+    dst = Path(dst)
+    tmp, fd = open_temp(dst)
+    try:
+        with open(fd, "wb") as out, open(src, "rb") as inp:
+            shutil.copyfileobj(inp, out, 1 << 20)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(dst.parent)
+    return dst
 
 
 def mark_done(run_dir: Path, manifest: dict | None = None) -> None:

@@ -4,12 +4,12 @@ costs, known-wrong traces let through), as ``table.json`` numbers and ``table.md
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean
 
 from tracewise.core.records import Problem, Trace, Verdict
+from tracewise.core.store import atomic_write_text
 from tracewise.curate import decontam
 from tracewise.curate import strategies as curation_strategies
 from tracewise.verify.llm_judge import excerpt
@@ -176,6 +176,4 @@ def _render_disagreements(d: dict) -> list[str]:
 
 def _write_disagreements(path: Path, rows: list[dict]) -> None:
     """One JSON object per line, for reading by eye or with jq; written atomically."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in rows))

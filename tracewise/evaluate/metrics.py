@@ -22,6 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from tracewise.core.records import EvalSummary, Sample
+from tracewise.core.store import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -251,19 +252,12 @@ def validate_row(row: object, where: str) -> dict:
 
 
 def write_summary(path: str | os.PathLike, rows: list[dict]) -> Path:
-    """Validate ``rows`` and write ``{"rows": rows}`` atomically (temp file + ``os.replace``)."""
+    """Validate ``rows`` and write ``{"rows": rows}`` atomically (``core.store.atomic_write_text``)."""
     path = Path(path)
     for i, row in enumerate(rows):
         validate_row(row, f"{path}: row {i}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump({"rows": rows}, fh, indent=2, sort_keys=True)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps({"rows": rows}, indent=2, sort_keys=True) + "\n")
 
 
 def read_summary(path: str | os.PathLike) -> list[dict]:

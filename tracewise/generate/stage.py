@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +20,8 @@ from tracewise.core.fingerprint import model_input
 from tracewise.data.sources import ProblemsConfig, load_problems
 from tracewise.core.logs import progress_bar
 from tracewise.core.records import Problem, Trace, write_records
-from tracewise.core.store import AppendLog, is_done, mark_done, save_config, stage_dir
+from tracewise.core.store import (AppendLog, atomic_copy, is_done, lock_run_dir, mark_done, save_config, stage_dir,
+                                  unlock_run_dir)
 from tracewise.core.tokens import load_tokenizer, span_counts
 from tracewise.core.text import parse_completion
 from tracewise.world.teachers import TeacherConfig
@@ -127,9 +126,15 @@ def run(cfg: GenerateConfig) -> Path:
     cfg.validate()
     problems = load_problems(cfg.problems)
     run_dir = stage_dir(cfg.out, "generate", cfg, inputs=_inputs(cfg))
-    if is_done(run_dir) and not (cfg.retry_failed and _reopen_for_retry(run_dir)):
-        log.info("generate: %s is complete, nothing to do", run_dir)
-        return run_dir
+    if is_done(run_dir):
+        if not cfg.retry_failed:
+            log.info("generate: %s is complete, nothing to do", run_dir)
+            return run_dir
+        # The lock first, then DONE goes: no other process ever sees (or starts into) a half-reopened run.
+        lock_run_dir(run_dir, reopen=True)
+        if not _reopen_for_retry(run_dir):
+            unlock_run_dir(run_dir)
+            return run_dir
     # Built before anything is written: a bad model or an unreachable endpoint leaves no partial run dir.
     backend = make_backend(cfg.backend, cfg.model, cfg.teacher, cfg.batch_size, **backend_options(cfg))
     tokenizer = load_tokenizer(cfg.tokenizer, cfg.trust_remote_code)  # a bad tokenizer: also no run dir
@@ -197,15 +202,14 @@ def _finish_failures(run_dir: Path, failures: AppendLog, store: AppendLog) -> in
 
 def _reopen_for_retry(run_dir: Path) -> bool:
     """Turn a finished run with failures back into a resumable one: its traces become the partial log
-    (copied atomically first, so a crash at any point leaves either the finished run or a resumable one)."""
+    (copied atomically first, so a crash at any point leaves either the finished run or a resumable one).
+    Called with the run dir's lock held."""
     if not (run_dir / "failed.jsonl").exists():
         log.info("generate: %s has no failed samples to retry", run_dir)
         return False
     partial = run_dir / "traces.partial.jsonl"
     if not partial.exists():
-        tmp = run_dir / "traces.partial.jsonl.tmp"
-        shutil.copyfile(run_dir / "traces.jsonl", tmp)
-        os.replace(tmp, partial)
-    (run_dir / "DONE").unlink()
+        atomic_copy(run_dir / "traces.jsonl", partial)
+    (run_dir / "DONE").unlink(missing_ok=True)  # gone already: a retry that died after reopening it
     log.info("generate: retrying the failed samples of %s", run_dir)
     return True

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from tracewise.core.store import atomic_write_text
+
 
 @dataclass
 class Section:
@@ -64,10 +66,7 @@ def write_section_file(path: str | Path, title: str, markdown: str, images: list
     path.parent.mkdir(parents=True, exist_ok=True)
     rel = [str(Path(p).resolve().relative_to(path.parent.resolve())) if Path(p).resolve().is_relative_to(
         path.parent.resolve()) else str(Path(p).resolve()) for p in images]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"title": title, "markdown": markdown, "images": rel}, indent=2), encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return atomic_write_text(path, json.dumps({"title": title, "markdown": markdown, "images": rel}, indent=2))
 
 
 SectionBuilder = Callable[[list[dict], Path, list[Section]], list[Section]]

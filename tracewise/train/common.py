@@ -1,11 +1,12 @@
-"""What `train sft` and `train rl` share around the HF Trainer: the progress bar and log lines, and
-resuming from the newest complete checkpoint without training past ``max_steps``."""
+"""What `train sft` and `train rl` share around the HF Trainer: the progress bar and log lines, resuming
+from the newest complete checkpoint without training past ``max_steps``, and claiming a run dir for every
+rank of a multi-process launch."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from tracewise.core.logs import progress_bar
 from tracewise.core.records import kill_point
@@ -68,6 +69,40 @@ def prepare_trainer(trainer, stage: str, label: str, total: int, describe_log: C
     if resume:
         logging.getLogger(f"tracewise.train.{stage}").info("train %s: resuming from %s", stage, resume)
     return resume
+
+
+def from_main_rank(value: Any) -> Any:
+    """Rank 0's ``value`` on every rank of this launch (``value`` itself in a single process).
+
+    A collective: every rank must call it, so it is also a barrier."""
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([value], from_process=0)[0]
+
+
+def claim_run_dir(run_dir: Path, main: bool, write: Callable[[], None],
+                  share: Callable[[Any], Any] | None = None) -> None:
+    """Rank 0 runs ``write`` (``save_config``, which takes the run dir's lock, and its first files); every
+    rank then learns whether that worked, and all stop with the same error if it did not.
+
+    Only rank 0 holds the lock, but every rank writes into the run dir (checkpoint shards under
+    DeepSpeed) and prunes torn checkpoints from it (``prepare_trainer``). So no rank goes on to that
+    before rank 0 holds the lock: a run dir in use by another process stops the whole launch with
+    "run dir in use by pid N", instead of ranks 1..N-1 training into (and deleting checkpoints of) a
+    run the other process owns. ``share`` is called on every rank, failure or not (a collective that
+    one rank skips hangs the others); by default ``from_main_rank``.
+    """
+    failure: BaseException | None = None
+    if main:
+        try:
+            write()
+        except Exception as e:  # OSError too: the other ranks must hear of any failure
+            failure = e
+    error = (share or from_main_rank)(None if failure is None else f"{type(failure).__name__}: {failure}")
+    if failure is not None:
+        raise failure
+    if error is not None:
+        raise ValueError(f"{run_dir}: rank 0 could not claim the run dir, so this rank stops too ({error})")
 
 
 def series(history: list[dict], key: str) -> list[float]:

@@ -26,14 +26,13 @@ import inspect
 import json
 import logging
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tracewise.backends.vllm import VLLMConfig
 from tracewise.core.config import doc
-from tracewise.core.fingerprint import model_input
+from tracewise.core.fingerprint import HUB_ID, model_input
 from tracewise.core.store import is_done, last_complete_checkpoint, mark_done, save_config, stage_dir
 from tracewise.core.threads import THREADS_HELP, use_threads
 from tracewise.data.sources import ProblemsConfig, load_problems
@@ -56,9 +55,9 @@ SCALE_REWARDS = ("group", "batch", "none")
 # subtracts beta * the sequence KL from the REWARD (before the leave-one-out baseline), as Arora & Zanette.
 GRPO_DEFAULTS = {"loss_type": "dapo", "scale_rewards": "group"}
 RLOO_DEFAULTS = {"normalize_advantages": False}
-# An HF hub id ("gpt2", "Qwen/Qwen2.5-0.5B"); anything else (several slashes, ./, /, ~), or a name whose
-# first part is a local directory ("runs/sft-x"), is a local path.
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+# A model that is not a local path must be an HF hub id (core.fingerprint.HUB_ID, e.g. "gpt2",
+# "Qwen/Qwen2.5-0.5B"); anything else (several slashes, ./, /, ~), or a name whose first part is a local
+# directory ("runs/sft-x"), is a local path. fullmatch: `$` with .match would let "gpt2\n" through.
 
 
 def _default_rewards() -> list[dict]:
@@ -122,7 +121,7 @@ class RLRunConfig:
         if not self.model:
             raise ValueError("train.rl.model is required (an SFT run's model/ dir, or an HF id)")
         local = Path(self.model)
-        if not local.exists() and (not _HUB_ID.match(self.model) or Path(local.parts[0]).is_dir()):
+        if not local.exists() and (not HUB_ID.fullmatch(self.model) or Path(local.parts[0]).is_dir()):
             raise ValueError(f"train.rl.model: {self.model!r} not found (expected an SFT run's model/ dir)")
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"train.rl.algorithm: expected one of {list(ALGORITHMS)}, got {self.algorithm!r}")

@@ -13,7 +13,8 @@ Real students (any HF causal LM): LoRA (``lora.r > 0``) or QLoRA (``qlora``: 4-b
 bitsandbytes, CUDA only) through PEFT, bf16, gradient checkpointing, TRL packing (best-fit
 decreasing, padding-free). Multi-GPU and DeepSpeed come from ``accelerate launch --config_file
 configs/accelerate/<ddp|zero2|zero3>.yaml -m tracewise.cli train sft ...``: every rank runs this
-stage, rank 0 alone writes the run dir's files. A LoRA run keeps the adapter in ``adapter/`` and, by
+stage, rank 0 alone writes the run dir's files and holds its lock, and no rank starts before rank 0
+has it (``claim_run_dir``). A LoRA run keeps the adapter in ``adapter/`` and, by
 default, the merged model in ``model/``, so later stages load ``model/`` whatever the recipe was.
 """
 
@@ -31,7 +32,7 @@ from tracewise.core.fingerprint import model_input
 from tracewise.core.model_files import with_resolved_model
 from tracewise.core.store import is_done, mark_done, save_config, stage_dir
 from tracewise.core.threads import THREADS_HELP, use_threads
-from tracewise.train.common import prepare_trainer, restore_final_checkpoint, series
+from tracewise.train.common import claim_run_dir, prepare_trainer, restore_final_checkpoint, series
 from tracewise.train.hf_trainer import BATCH_ORDERS, check_report_to, trainer_class
 
 log = logging.getLogger(__name__)
@@ -313,6 +314,11 @@ def build_trainer(cfg: SFTRunConfig, output_dir: str | Path, grad_accum: int | N
         model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=_peft_config(cfg))
 
 
+def run_dir_of(cfg: SFTRunConfig) -> Path:
+    """The run dir ``run(cfg)`` trains into: keyed by the config, the base model's and the dataset's bytes."""
+    return stage_dir(cfg.out, "sft", cfg, inputs=[*model_input(cfg.model), cfg.dataset, *model_input(cfg.chat_template)])
+
+
 def run(cfg: SFTRunConfig) -> Path:
     """Train; resumable from the last checkpoint; returns the run dir (final model in ``model/``)."""
     import torch
@@ -321,8 +327,7 @@ def run(cfg: SFTRunConfig) -> Path:
     _check_hardware(cfg, torch.cuda.is_available())
     n_procs, main = world_size(), is_main_process()
     grad_accum = grad_accum_for(cfg, n_procs)
-    run_dir = stage_dir(cfg.out, "sft", cfg,
-                        inputs=[*model_input(cfg.model), cfg.dataset, *model_input(cfg.chat_template)])
+    run_dir = run_dir_of(cfg)
     if is_done(run_dir):
         log.info("train sft: %s is complete, nothing to do", run_dir)
         return run_dir
@@ -330,9 +335,12 @@ def run(cfg: SFTRunConfig) -> Path:
     cfg = with_resolved_model(cfg)  # a GGUF file/package → its cached HF dir (the run dir is keyed by the spec's bytes)
     ckpt_root = run_dir / "checkpoints"
     trainer = build_trainer(cfg, ckpt_root, grad_accum)
-    if main:  # every rank runs this stage; one writes the run dir's files
+
+    def write() -> None:  # rank 0 only: the lock, then the first files
         save_config(run_dir, cfg)
         (run_dir / "experiment.txt").write_text(cfg.experiment or Path(cfg.dataset).name)
+
+    claim_run_dir(run_dir, main, write)  # every rank waits for rank 0's lock before touching the run dir
     resume = prepare_trainer(trainer, "sft", cfg.experiment or "sft", cfg.max_steps, _describe_loss if main else None,
                              ckpt_root)
     log.info("train sft [%s]: rank %d of %d: batch %d × grad_accum %d × %d process(es) = global batch %d, "

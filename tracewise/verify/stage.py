@@ -28,7 +28,7 @@ from tracewise.core.fingerprint import model_input
 from tracewise.verify.llm_judge import JudgeItem, JudgeResult, LLMJudge, LLMJudgeConfig, excerpt
 from tracewise.core.logs import progress_bar
 from tracewise.core.records import Problem, Trace, Verdict, from_dict, iter_jsonl
-from tracewise.core.store import AppendLog, is_done, mark_done, path_digest, save_config, stage_dir
+from tracewise.core.store import AppendLog, atomic_write_text, is_done, mark_done, path_digest, save_config, stage_dir
 from tracewise.verify.pool import DEFAULT_TIMEOUT_S, verify_many
 from tracewise.world.judge import JudgeConfig, procedural_judge
 
@@ -284,9 +284,7 @@ def build_audit(verdicts: list[Verdict], traces: list[Trace], methods: list[str]
 
 def write_json(path: Path, data: dict) -> None:
     """Canonical JSON (sorted keys) written atomically: readers never see half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, sort_keys=True, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, sort_keys=True, indent=1, ensure_ascii=False) + "\n")
 
 
 def run(cfg: VerifyConfig) -> Path:
