@@ -254,3 +254,15 @@ def test_accelerate_configs_load(name: str) -> None:
     else:
         assert str(cfg.distributed_type).endswith("DEEPSPEED")
         assert cfg.deepspeed_config["zero_stage"] == int(name[4])
+
+
+def test_overriding_one_key_of_a_section_keeps_the_sections_other_defaults():
+    """`tracewise quickstart train.batch_size=8` trained 300 steps instead of the quickstart's 1000: a
+    section given as a mapping was built on the section class's defaults (TrainSettings: 300 steps),
+    not on the field's own default (the quickstart's factory: 1000 steps, 4000 training problems)."""
+    from tracewise.studies.quickstart import QuickstartConfig
+
+    cfg = load_config(QuickstartConfig, None, ["train.batch_size=8", "world.seed=1"])
+    assert (cfg.train.max_steps, cfg.train.batch_size) == (1000, 8)
+    assert (cfg.world.n_train, cfg.world.n_test, cfg.world.seed) == (4000, 100, 1)
+    assert load_config(QuickstartConfig, None, ["train.max_steps=5"]).train.batch_size == 16

@@ -88,6 +88,28 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     return value
 
 
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _onto_default(f: dataclasses.Field, value: Any) -> Any:
+    """A mapping given for a dataclass-valued field overrides the keys it names on top of the field's own
+    default, not on the section class's defaults: ``quickstart train.batch_size=8`` keeps the quickstart's
+    1000 steps (its ``train`` factory) instead of resetting them to ``TrainSettings``' 300."""
+    if not isinstance(value, dict):
+        return value
+    if f.default_factory is not dataclasses.MISSING:
+        default = f.default_factory()
+    elif f.default is not dataclasses.MISSING:
+        default = f.default
+    else:
+        return value
+    return _merge(to_dict(default), value) if dataclasses.is_dataclass(default) else value
+
+
 def build(cls: type[C], data: dict, where: str = "config") -> C:
     """Build dataclass ``cls`` from a dict, recursively; unknown keys are an error."""
     hints = typing.get_type_hints(cls)
@@ -95,7 +117,8 @@ def build(cls: type[C], data: dict, where: str = "config") -> C:
     unknown = sorted(set(data) - names)
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {unknown}; valid keys: {sorted(names)}")
-    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {k: _coerce(_onto_default(fields[k], v), hints[k], f"{where}.{k}") for k, v in data.items()}
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)
     if callable(validate):
