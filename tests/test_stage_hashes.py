@@ -58,9 +58,15 @@ def test_shared_training_section_builds_the_old_sft_configs():
     from tracewise.studies.quickstart import QuickstartConfig
     from tracewise.studies.transfer import TransferConfig
 
+    from dataclasses import replace
+
+    # micro_batches=1: the settings before the micro-batch lever (issue 19), which then became the default
+    # (same examples and gradient per step, other float rounding, so its own run dirs).
     q = QuickstartConfig()
-    assert stage_dir("runs", "sft", q.train.sft_config("runs", "r1", "base", "ds", q.seed)).name == "sft-14c78820d0e1"
-    t = TransferConfig().train
+    old_q = replace(q.train, micro_batches=1)
+    assert stage_dir("runs", "sft", old_q.sft_config("runs", "r1", "base", "ds", q.seed)).name == "sft-14c78820d0e1"
+    assert stage_dir("runs", "sft", q.train.sft_config("runs", "r1", "base", "ds", q.seed)).name != "sft-14c78820d0e1"
+    t = replace(TransferConfig().train, micro_batches=1)
     assert stage_dir("runs", "sft", t.sft_config("runs", "r1", "base", "ds", 0, threads=0)).name == "sft-0044b9340328"
-    c = CurationStudyConfig().train
+    c = replace(CurationStudyConfig().train, micro_batches=1)
     assert stage_dir("runs", "sft", c.sft_config("runs", "random", "base", "ds", 0, threads=1)).name == "sft-71b2a00b2dba"

@@ -55,6 +55,8 @@ class RealBaseTrain:
     warmup_ratio: float = doc("Warmup fraction.", 0.05)
     max_length: int = doc("Truncate examples to this many tokens (prompt + trace).", 384)
     logging_steps: int = doc("Loss logging interval.", 5)
+    micro_batches: int = doc("Each random batch fed as this many length-sorted micro-batches (train sft "
+                             "micro_batches: same examples and gradient per step, less padding).", 4)
 
 
 def _lora() -> sft.LoRASpec:
@@ -113,7 +115,7 @@ def _sft_config(cfg: RealBaseConfig, out: Path, cur: Path, name: str, seed: int)
                             dataset=str(curate.dataset_path(cur, name)), max_steps=t.max_steps,
                             batch_size=t.batch_size, learning_rate=t.learning_rate, warmup_ratio=t.warmup_ratio,
                             max_length=t.max_length, logging_steps=t.logging_steps, seed=seed, lora=cfg.lora,
-                            threads=cfg.threads)
+                            micro_batches=t.micro_batches, threads=cfg.threads)
 
 
 def paired_intervals(verbose: list[Sample], concise: list[Sample], n_boot: int, seed: int = 0) -> dict:
