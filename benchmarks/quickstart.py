@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import logging
 import statistics
 import tempfile
@@ -36,6 +37,7 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     ap.add_argument("--run-dir", default=None, help="measure the levers on this finished quickstart run")
     ap.add_argument("--lever-steps", type=int, default=40)
+    ap.add_argument("--lever-dataset", default="r1", choices=["r1", "mix"], help="the student the levers are timed on")
     ap.add_argument("-c", "--config", default=None)
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_args()
@@ -48,7 +50,7 @@ def main() -> None:
         t0 = time.time()
         quickstart.run(cfg)
         print_stages(out, time.time() - t0)
-    print_levers(out, a.lever_steps)
+    print_levers(out, a.lever_steps, a.lever_dataset)
 
 
 def print_stages(out: Path, wall: float) -> None:
@@ -107,14 +109,20 @@ def _pair_wall(base: str, datasets: list[str], steps: int, parallel: bool) -> fl
         return time.time() - t0
 
 
-def print_levers(out: Path, steps: int) -> None:
+def print_levers(out: Path, steps: int, which: str = "r1") -> None:
     base, r1, mix = _inputs(out)
-    print(f"\nlevers on one r1 student ({steps} steps, 1 thread, median step after the first):")
+    data = r1 if which == "r1" else mix
+    print(f"\nlevers on one {which} student ({steps} steps, 1 thread, median step after the first):")
     variants = {"float32 (slow path)": {}, "bf16 autocast": {"bf16": True}, "torch.compile": {"torch_compile": True},
-                "bf16 + compile": {"bf16": True, "torch_compile": True}}
+                "bf16 + compile": {"bf16": True, "torch_compile": True},
+                "micro_batches 2": {"micro_batches": 2}, "micro_batches 4": {"micro_batches": 4},
+                "bf16 + micro 2": {"bf16": True, "micro_batches": 2}, "bf16 + micro 4": {"bf16": True, "micro_batches": 4}}
+    only = os.environ.get("LEVERS")  # e.g. LEVERS="float32 (slow path),bf16 + micro 2" to time a subset
+    if only:
+        variants = {k: v for k, v in variants.items() if k in only.split(",")}
     ref = None
     for name, levers in variants.items():
-        t = step_times(base, r1, steps, 1, **levers)
+        t = step_times(base, data, steps, 1, **levers)
         med = statistics.median(t[1:])
         ref = ref or med
         print(f"  {name:>20}: {1000 * med:6.1f} ms/step (first step {t[0]:5.1f} s)  speed-up {ref / med:4.2f}×  "
