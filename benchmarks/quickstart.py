@@ -2,12 +2,13 @@
 
 1. Runs `tracewise quickstart` (its defaults: 3 seeds, or the config/overrides you give) into a fresh
    directory and prints the time of each stage from the run's timings.json.
-2. Measures each training lever on that run's own base student and curated r1 dataset, in this same
-   process, one after the other: the median optimizer-step time of one student at 1 thread in float32
-   (the slow path's per-student setting) against bf16 autocast, torch.compile, and both; the first
-   step's extra time (compilation) is printed separately, because it is paid once per student. Then the
-   scheduling lever: two students trained at once in two 1-thread processes against one after the other
-   with 2 threads each (same steps), as wall time for the pair.
+2. Measures each training lever on that run's own base student and curated r1 (or mix) dataset, in this
+   same process, one after the other: the median optimizer-step time of one student at 1 thread against
+   the slow path (float32, one padded batch per step — the quickstart before these levers): bf16
+   autocast, torch.compile, both, 2 or 4 length-sorted micro-batches per batch (the default now: same
+   examples and gradient per step), bf16 with micro-batches. A first step's extra time (compilation) is
+   printed separately, because it is paid once per student. Then the scheduling lever: two students
+   trained at once in two 1-thread processes against one after the other with 2 threads each.
 
 Run it on an idle machine (2 cores are easily disturbed by another process; see DEVELOPERS.md).
 
@@ -102,7 +103,8 @@ def _pair_wall(base: str, datasets: list[str], steps: int, parallel: bool) -> fl
     from tracewise.studies.common import TrainSettings, train_all
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfgs = [replace(TrainSettings(max_steps=steps).sft_config(tmp, f"pair{i}", base, d, 0), save_steps=10 ** 9)
+        cfgs = [replace(TrainSettings(max_steps=steps, micro_batches=1).sft_config(tmp, f"pair{i}", base, d, 0),
+                        save_steps=10 ** 9)
                 for i, d in enumerate(datasets)]
         t0 = time.time()
         train_all(cfgs, parallel=2 if parallel else 1, threads=2)
@@ -113,10 +115,12 @@ def print_levers(out: Path, steps: int, which: str = "r1") -> None:
     base, r1, mix = _inputs(out)
     data = r1 if which == "r1" else mix
     print(f"\nlevers on one {which} student ({steps} steps, 1 thread, median step after the first):")
-    variants = {"float32 (slow path)": {}, "bf16 autocast": {"bf16": True}, "torch.compile": {"torch_compile": True},
-                "bf16 + compile": {"bf16": True, "torch_compile": True},
-                "micro_batches 2": {"micro_batches": 2}, "micro_batches 4": {"micro_batches": 4},
-                "bf16 + micro 2": {"bf16": True, "micro_batches": 2}, "bf16 + micro 4": {"bf16": True, "micro_batches": 4}}
+    slow = {"micro_batches": 1}  # float32, one padded batch per step: the quickstart before these levers
+    variants = {"float32 (slow path)": slow, "bf16 autocast": {**slow, "bf16": True},
+                "torch.compile": {**slow, "torch_compile": True},
+                "bf16 + compile": {**slow, "bf16": True, "torch_compile": True},
+                "micro_batches 2": {"micro_batches": 2}, "micro_batches 4 (default)": {"micro_batches": 4},
+                "bf16 + micro 4": {"bf16": True, "micro_batches": 4}}
     only = os.environ.get("LEVERS")  # e.g. LEVERS="float32 (slow path),bf16 + micro 2" to time a subset
     if only:
         variants = {k: v for k, v in variants.items() if k in only.split(",")}
@@ -129,7 +133,7 @@ def print_levers(out: Path, steps: int, which: str = "r1") -> None:
               f"per {steps}-step student incl. first step {ref * steps / (t[0] + med * (steps - 1)):4.2f}×")
     serial = _pair_wall(base, [r1, mix], steps, parallel=False)
     par = _pair_wall(base, [r1, mix], steps, parallel=True)
-    print(f"\nscheduling (r1 + mix students, {steps} steps each, float32): one after the other with 2 threads "
+    print(f"\nscheduling (r1 + mix students, {steps} steps each, the slow path's float32 batches): one after the other with 2 threads "
           f"{serial:.1f} s; side by side, 1 thread each {par:.1f} s  → {serial / par:4.2f}×")
 
 
