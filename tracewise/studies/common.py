@@ -20,8 +20,8 @@ from tracewise import evaluate, generate
 from tracewise.backends.base import SamplingParams
 from tracewise.core.config import doc
 from tracewise.core.logs import progress_bar
+from tracewise.core.seeds import Replicated, seeds_field
 from tracewise.core.threads import THREADS_HELP
-from tracewise.evaluate.metrics import read_summary
 from tracewise.data.sources import ProblemsConfig
 from tracewise.train import sft
 from tracewise.world import init_stage
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class StudyBase:
+class StudyBase(Replicated):
     """Fields every curation study shares: where it writes, the world, the base student, parallelism."""
 
     out: str = doc("Root of the stage run dirs (shared with other studies, so finished stages are reused).",
@@ -45,8 +45,13 @@ class StudyBase:
                                  factory=StudentConfig)
     pretrain_steps: int = doc("Base pretraining steps of the embedded student.", 300)
     base_model: str = doc("A real base model to fine-tune instead of the embedded student.", "")
-    parallel: int = doc("Students trained at once (1 torch thread each).", 2)
-    seed: int = doc("Seed for generation, training and sampling.", 0)
+    parallel: int = doc("Students trained at once (1 torch thread each; a worker evaluates its student next).", 2)
+    seed: int = doc("Seed for generation and curation, and the first replicate's training and sampling.", 0)
+    seeds: int | list[int] = seeds_field("A replicate trains every student with its own data order (train seed s) "
+                                         "and evaluates it with sampling seed s; the base student, the teacher traces "
+                                         "and the curated datasets are shared, so replicates measure training and "
+                                         "sampling noise. Tables give mean ± seed SD [95% CI over problems and "
+                                         "seeds]; readings use paired intervals.")
 
 
 @dataclass
@@ -102,6 +107,11 @@ class StudyEval:
     def validate(self) -> None:
         if self.samples < 1 or self.max_tokens < 1 or self.temperature < 0:
             raise ValueError("eval: samples and max_tokens must be >= 1, temperature >= 0")
+
+    def eval_config(self, out: str, name: str, problems: ProblemsConfig, seed: int) -> evaluate.EvalConfig:
+        """The eval of student ``name`` sampled with ``seed`` (``model`` filled in once it is trained)."""
+        sampling = SamplingParams(n=self.samples, temperature=self.temperature, max_tokens=self.max_tokens, seed=seed)
+        return evaluate.EvalConfig(out=out, experiment=name, model="", problems=problems, sampling=sampling, threads=2)
 
 
 def base_student(out: str, student: StudentConfig, pretrain_steps: int, model: str = "") -> str:
@@ -183,15 +193,16 @@ def train_and_eval(cfgs: list[sft.SFTRunConfig], evals: list[evaluate.EvalConfig
     return [results[i] for i in range(len(cfgs))]
 
 
-def eval_students(out: str, models: dict[str, Path], problems: ProblemsConfig, ev: StudyEval, seed: int) -> dict[str, dict]:
-    """``name -> summary row`` (summary.json contract) of each trained student on ``problems``."""
-    rows = {}
-    sampling = SamplingParams(n=ev.samples, temperature=ev.temperature, max_tokens=ev.max_tokens, seed=seed)
-    for name, run_dir in models.items():
-        e = evaluate.run(evaluate.EvalConfig(out=out, experiment=name, model=str(sft.model_dir(run_dir)),
-                                             problems=problems, sampling=sampling, threads=2))
-        rows[name] = read_summary(e / "summary.json")[0]
-    return rows
+def train_eval_seeds(out: str, base_model: str, datasets: dict[str, str], train: TrainSettings, ev: StudyEval,
+                     problems: ProblemsConfig, seeds: list[int], parallel: int) -> dict[str, list[Path]]:
+    """``name -> eval run dir per seed``: for every dataset and seed one student (train seed s) evaluated with
+    sampling seed s, each (name, seed) a worker of ``train_and_eval``, ``parallel`` at a time (1 torch thread
+    each), so replicates fill the cores without oversubscribing them."""
+    jobs = [(name, seed) for seed in seeds for name in datasets]
+    cfgs = [train.sft_config(out, name, base_model, datasets[name], seed, threads=1) for name, seed in jobs]
+    evals = [ev.eval_config(out, name, problems, seed) for name, seed in jobs]
+    done = train_and_eval(cfgs, evals, parallel)
+    return {name: [e for (n, _), (_, e) in zip(jobs, done) if n == name] for name in datasets}
 
 
 def plot_bars(path: Path, labels: list[str], acc: dict[str, list[float]], tokens: list[float], title: str) -> Path:
