@@ -11,11 +11,13 @@ cells show the mean over seeds, the seed SD (with several seeds) and the hierarc
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Sequence, TypeVar
 
 from tracewise.core.records import Sample, read_records
 from tracewise.evaluate.metrics import read_summary
 from tracewise.evaluate.replicates import Comparison, ProblemTable, combine_rows, compare, problem_table
+
+T = TypeVar("T")
 
 
 class Replicates:
@@ -88,3 +90,21 @@ def stats(row: dict) -> dict:
 def find(comparisons: Sequence[Comparison], a: str, b: str, metric: str = "pass@1") -> Comparison | None:
     """The comparison ``a`` vs ``b`` on ``metric``, if it was computed."""
     return next((c for c in comparisons if (c.a, c.b, c.metric) == (a, b, metric)), None)
+
+
+def per_seed(runs: Sequence[tuple[int | None, float, T]], seeds: Sequence[int], where: str) -> list[T]:
+    """The run each replicate seed uses, from one student's finished runs ``(train seed, mtime, item)``.
+
+    A run that trained several seeds of the student (quickstart ``seeds=3``) gives replicate seed s the
+    newest run trained with seed s (a missing one is an error); a student with one train seed gives its
+    newest run to every replicate, whose seed then varies the sampling only."""
+    if not runs:
+        raise ValueError(f"{where}: no finished run")
+    trained = sorted({s for s, _t, _x in runs if s is not None})
+    if len(trained) <= 1:
+        newest = max(runs, key=lambda r: r[1])[2]
+        return [newest] * len(seeds)
+    missing = [s for s in seeds if s not in trained]
+    if missing:
+        raise ValueError(f"{where}: trained with seeds {trained}, not {missing}; set seeds to some of {trained}")
+    return [max((r for r in runs if r[0] == s), key=lambda r: r[1])[2] for s in seeds]
