@@ -221,6 +221,18 @@ def combine_rows(rows: Sequence[dict], tables: Sequence[ProblemTable], n_boot: i
     return out
 
 
+def cell(row: dict, metric: str, digits: int = 3) -> str:
+    """``mean ± seed SD [95% CI]`` of one metric of a row (no ± with one seed, no [..] without an interval)."""
+    text = f"{row[metric]:.{digits}f}"
+    sd = (row.get("sd") or {}).get(metric)
+    ci = (row.get("ci95") or {}).get(metric)
+    if sd is not None:
+        text += f" ± {sd:.{digits}f}"
+    if ci:
+        text += f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+    return text
+
+
 def combine_runs(per_seed: Sequence[Sequence[str | Path]], n_boot: int = 2000, seed: int = 0) -> list[dict]:
     """``summary.json`` rows over replicate seeds from eval run dirs: ``per_seed[i]`` holds seed i's run
     dirs (one per benchmark), each with ``summary.json`` and ``samples.jsonl``. Every row of the first

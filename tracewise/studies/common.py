@@ -23,6 +23,7 @@ from tracewise.core.logs import progress_bar
 from tracewise.core.seeds import Replicated, seeds_field
 from tracewise.core.threads import THREADS_HELP
 from tracewise.data.sources import ProblemsConfig
+from tracewise.studies.replicated import per_seed
 from tracewise.train import sft
 from tracewise.world import init_stage
 from tracewise.world.problems import WorldConfig
@@ -250,22 +251,42 @@ def quickstart_test_problems() -> ProblemsConfig:
     return ProblemsConfig(split="test", world=WorldConfig(n_train=4000, n_test=100))  # tracewise.studies.quickstart's world
 
 
+def _finished_runs(root: Path):
+    """``(run dir, label, model dir)`` of every finished ``sft-*`` / ``rl-*`` run under ``root``, in name order."""
+    if not root.is_dir():
+        raise ValueError(f"{root}: run directory not found (run `tracewise quickstart` first, or set models)")
+    for d in sorted([*root.glob("sft-*"), *root.glob("rl-*")]):
+        label_file, model = d / "experiment.txt", d / "model"
+        if (d / "DONE").exists() and label_file.is_file() and (model / "config.json").is_file():
+            yield d, label_file.read_text(encoding="utf-8").strip() or d.name, model
+
+
 def discover_students(run_dir: str | Path) -> dict[str, Path]:
     """``{experiment: model dir}`` of the finished SFT and RL runs (``sft-*``, ``rl-*``) under ``run_dir``."""
     root = Path(run_dir)
-    if not root.is_dir():
-        raise ValueError(f"{root}: run directory not found (run `tracewise quickstart` first, or set models)")
     found: dict[str, Path] = {}
-    for d in sorted([*root.glob("sft-*"), *root.glob("rl-*")]):
-        label_file, model = d / "experiment.txt", d / "model"
-        if not ((d / "DONE").exists() and label_file.is_file() and (model / "config.json").is_file()):
-            continue
-        name = label_file.read_text(encoding="utf-8").strip() or d.name
+    for d, name, model in _finished_runs(root):
         if name in found:  # two runs with one label (e.g. RL reruns with other settings): name the later by its dir
             log.warning("%s: %s and %s are both labelled %r; the second is %r", root, found[name].parent.name,
                         d.name, name, f"{name} ({d.name})")
             name = f"{name} ({d.name})"
         found[name] = model
+    return found
+
+
+def discover_replicates(run_dir: str | Path) -> dict[str, dict[int | None, Path]]:
+    """``{experiment: {train seed: model dir}}`` of the finished SFT and RL runs under ``run_dir``: one label's
+    runs with distinct train seeds (``quickstart seeds=3``) are replicates of one student; two runs of one
+    label and seed are two students, the later named by its dir (as ``discover_students`` does)."""
+    import yaml
+
+    found: dict[str, dict[int | None, Path]] = {}
+    for d, name, model in _finished_runs(Path(run_dir)):
+        config = d / "config.yaml"
+        seed = (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("seed") if config.is_file() else None
+        if seed in found.get(name, {}):
+            name = f"{name} ({d.name})"
+        found.setdefault(name, {})[seed] = model
     return found
 
 
@@ -283,8 +304,10 @@ def parse_models(specs: list[str], field_name: str) -> dict[str, str]:
 
 
 @dataclass
-class StudentsStudy:
+class StudentsStudy(Replicated):
     """Fields of a study that evaluates the finished students of a quickstart run (controls, few-shot)."""
+
+    SEED = "sampling.seed"  # replicates count from the sampling seed
 
     out: str = doc("Directory for the eval run dirs, summary.json and the section JSON.", "runs/study", hash=False)
     run_dir: str = doc("Quickstart run dir whose finished students (sft-*, rl-*) are evaluated.", "runs/quickstart")
@@ -295,13 +318,20 @@ class StudentsStudy:
                                    factory=quickstart_test_problems)
     sampling: SamplingParams = doc("Samples per problem, temperature, max tokens, seed.",
                                    factory=lambda: SamplingParams(n=4, temperature=0.6, max_tokens=256, seed=0))
+    seeds: int | list[int] = seeds_field(
+        "Sampling seeds (count N: sampling.seed … +N-1): every (student, setting) is evaluated once per seed s with "
+        "sampling seed s; a student the quickstart trained with several seeds is its seed-s run in replicate s (else "
+        "its one run, so the seed varies the sampling only). Rows are means with seeds, sd and a hierarchical ci95; "
+        "the reading's comparison is a paired interval.")
     batch_size: int = doc("Generation batch size.", 256, hash=False)
     threads: int = doc(THREADS_HELP, 0, hash=False)
 
-    def student_models(self, where: str) -> dict[str, str]:
-        """``{student: model dir}``: run_dir's finished students, then ``models``, narrowed to ``students``."""
-        found = {k: str(v) for k, v in discover_students(self.run_dir).items()} if self.run_dir else {}
-        found.update(parse_models(self.models, f"{where}.models"))
+    def student_replicates(self, where: str) -> dict[str, list[str]]:
+        """``{student: model dir per replicate seed}``: run_dir's finished students, then ``models``, narrowed to
+        ``students``."""
+        found = ({k: {s: str(m) for s, m in v.items()} for k, v in discover_replicates(self.run_dir).items()}
+                 if self.run_dir else {})
+        found.update({k: {None: p} for k, p in parse_models(self.models, f"{where}.models").items()})
         if self.students:
             missing = sorted(set(self.students) - set(found))
             if missing:
@@ -309,4 +339,9 @@ class StudentsStudy:
             found = {k: found[k] for k in self.students}
         if not found:
             raise ValueError(f"{where}: no finished students under {self.run_dir!r}")
-        return found
+        seeds = self.seed_values()
+        return {k: per_seed([(s, 0.0, m) for s, m in v.items()], seeds, f"{where}: student {k!r}")
+                for k, v in found.items()}
+
+    def sampling_for(self, seed: int | None) -> SamplingParams:
+        return self.sampling if seed is None else replace(self.sampling, seed=seed)

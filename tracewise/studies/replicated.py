@@ -15,7 +15,7 @@ from typing import Sequence, TypeVar
 
 from tracewise.core.records import Sample, read_records
 from tracewise.evaluate.metrics import read_summary
-from tracewise.evaluate.replicates import Comparison, ProblemTable, combine_rows, compare, problem_table
+from tracewise.evaluate.replicates import Comparison, ProblemTable, cell, combine_rows, compare, problem_table  # noqa: F401
 
 T = TypeVar("T")
 
@@ -68,18 +68,6 @@ class Replicates:
     def compare(self, a: str, b: str, metrics: Sequence[str] = ("pass@1",)) -> list[Comparison]:
         """Paired ``a − b`` per metric and the token ratio ``b / a``, with 95% intervals."""
         return compare(a, self.tables(a), b, self.tables(b), metrics=metrics, n_boot=self.n_boot)
-
-
-def cell(row: dict, metric: str, digits: int = 3) -> str:
-    """``mean ± seed SD [95% CI]`` of one metric of a row (no ± with one seed, no [..] without an interval)."""
-    text = f"{row[metric]:.{digits}f}"
-    sd = (row.get("sd") or {}).get(metric)
-    ci = (row.get("ci95") or {}).get(metric)
-    if sd is not None:
-        text += f" ± {sd:.{digits}f}"
-    if ci:
-        text += f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
-    return text
 
 
 def stats(row: dict) -> dict:
