@@ -73,7 +73,9 @@ def test_cli_train_sft_seeds_two_runs_differing_in_seed_then_reused(tmp_path, st
     assert sorted(again) == dirs and {d: (d / "DONE").stat().st_mtime_ns for d in dirs} == stamps  # no retraining
 
 
-@pytest.mark.parametrize("command", [["train", "sft"], ["train", "rl"], ["eval"]])
+@pytest.mark.parametrize("command", [["train", "sft"], ["train", "rl"], ["eval"], ["quickstart"],
+                                     *[["study", s] for s in ("judge-bias", "curation", "transfer", "rl-alpha",
+                                                              "controls", "few-shot")]])
 def test_help_lists_seeds(command):
     res = runner.invoke(app, [*command, "--help"], terminal_width=200)
     assert res.exit_code == 0 and "seeds (default 1): Replicates" in " ".join(res.stdout.split())
