@@ -14,7 +14,7 @@ from tracewise.studies import curation_ablation, judge_bias
 from tracewise.studies.common import StudyEval, TrainSettings
 from tracewise.studies.curation_ablation import CurationStudyConfig
 from tracewise.studies.judge_bias import JudgeBiasConfig
-from tracewise.studies.replicated import cell
+from tracewise.evaluate.replicates import cell
 from tracewise.world.problems import WorldConfig
 from tracewise.world.teachers import TeacherConfig
 

@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence, TypeVar
 from tracewise.core.config import doc
 
 C = TypeVar("C")
+R = TypeVar("R", bound="Replicated")
 
 SEEDS_HELP = ("Replicates: a count N (seeds seed … seed+N-1; seeds=3 for intervals over seeds) or an explicit list "
               "(seeds=[0,1,2]); 1 = the one run of `seed`.")
@@ -58,6 +59,7 @@ class Replicated:
     replicate sets (``seed``, or ``sampling.seed`` for eval)."""
 
     SEED = "seed"
+    seeds: Any  # the dataclass field (seeds_field)
 
     def base_seed(self) -> int:
         node: Any = self
@@ -66,12 +68,12 @@ class Replicated:
         return int(node)
 
     def seed_values(self) -> list[int]:
-        return resolve_seeds(self.base_seed(), self.seeds)  # type: ignore[attr-defined]
+        return resolve_seeds(self.base_seed(), self.seeds)
 
     def for_seed(self: C, seed: int) -> C:
         """This config as the one run of ``seed`` (``seeds`` back to its default: the run dir and
         config.yaml of a replicate are those of an ordinary run with that seed)."""
-        return _set(dataclasses.replace(self, seeds=1), self.SEED.split("."), seed)  # type: ignore[attr-defined]
+        return _set(dataclasses.replace(self, seeds=1), self.SEED.split("."), seed)
 
     def validate_seeds(self, where: str) -> None:
         try:
@@ -82,8 +84,8 @@ class Replicated:
     def check_one_seed(self, where: str) -> None:
         """A stage's ``run`` trains one seed; several go through ``run_seeds`` (the CLI does)."""
         if self.seed_values() != [self.base_seed()]:
-            raise ValueError(f"{where}: seeds={self.seeds!r} asks for runs {self.seed_values()}; run(cfg) makes the "  # type: ignore[attr-defined]
-                             f"one run of {self.SEED}={self.base_seed()}: use run_seeds(cfg)")
+            raise ValueError(f"{where}: seeds={self.seeds!r} asks for runs {self.seed_values()}; run(cfg) makes "
+                             f"the one run of {self.SEED}={self.base_seed()}: use run_seeds(cfg)")
 
 
 def _set(obj: Any, path: list[str], value: Any) -> Any:
@@ -92,7 +94,7 @@ def _set(obj: Any, path: list[str], value: Any) -> Any:
     return dataclasses.replace(obj, **{path[0]: _set(getattr(obj, path[0]), path[1:], value)})
 
 
-def run_seeds(run: Callable[[C], Path], cfg: C) -> list[Path]:
+def run_seeds(run: Callable[[R], Path], cfg: R) -> list[Path]:
     """``run`` once per replicate seed, one after another (each with the config's own threads, so the
     cores are never oversubscribed); a finished replicate is a no-op, an interrupted one resumes."""
-    return [run(cfg.for_seed(s)) for s in cfg.seed_values()]  # type: ignore[attr-defined]
+    return [run(cfg.for_seed(s)) for s in cfg.seed_values()]

@@ -30,11 +30,11 @@ from tracewise.curate.strategies import STRATEGIES, SelectionConfig
 from tracewise.curate.decontam import DecontamConfig
 from tracewise.data.sources import ProblemsConfig
 from tracewise.report.sections import write_section_file
-from tracewise.evaluate.replicates import Comparison
+from tracewise.evaluate.replicates import Comparison, cell
 from tracewise.report.stage import readings_block
 from tracewise.studies.common import (StudyBase, StudyEval, TrainSettings, base_student, generate_world, plot_bars,
                                       train_eval_seeds, train_students)
-from tracewise.studies.replicated import Replicates, cell, find, stats
+from tracewise.studies.replicated import Replicates, find, stats
 from tracewise.world.judge import JudgeConfig
 from tracewise.world.problems import WorldConfig
 from tracewise.world.teachers import TeacherConfig

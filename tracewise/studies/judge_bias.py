@@ -27,11 +27,11 @@ from tracewise.core.config import doc
 from tracewise.curate.decontam import DecontamConfig
 from tracewise.data.sources import ProblemsConfig
 from tracewise.report.sections import write_section_file
-from tracewise.evaluate.replicates import Comparison
+from tracewise.evaluate.replicates import Comparison, cell
 from tracewise.report.stage import readings_block
 from tracewise.studies.common import (StudyBase, StudyEval, TrainSettings, base_student, generate_world, pearson,
                                       plot_bars, train_eval_seeds)
-from tracewise.studies.replicated import Replicates, cell, find, stats
+from tracewise.studies.replicated import Replicates, find, stats
 from tracewise.world.judge import JudgeConfig
 from tracewise.world.teachers import TeacherConfig
 

@@ -5,7 +5,8 @@ two variants are compared on the same problems and seeds: ``Replicates.compare``
 paired per-problem difference (``tracewise.evaluate.replicates.compare``: problems within seeds, then
 seeds), and a reading calls a difference real only when its 95% interval excludes the null
 (``Comparison.reading``: "not distinguishable from zero at this size (n problems × k seeds)"). Table
-cells show the mean over seeds, the seed SD (with several seeds) and the hierarchical 95% interval.
+cells (``tracewise.evaluate.replicates.cell``) show the mean over seeds, the seed SD (with several seeds)
+and the hierarchical 95% interval. ``per_seed`` decides which finished student a replicate seed uses.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Sequence, TypeVar
 
 from tracewise.core.records import Sample, read_records
 from tracewise.evaluate.metrics import read_summary
-from tracewise.evaluate.replicates import Comparison, ProblemTable, cell, combine_rows, compare, problem_table  # noqa: F401
+from tracewise.evaluate.replicates import Comparison, ProblemTable, combine_rows, compare, problem_table
 
 T = TypeVar("T")
 
