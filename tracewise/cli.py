@@ -86,7 +86,7 @@ def _error(e: Exception) -> None:
 
 
 LINK_HELP = ("Also point <out>/NAME at the run directory (a symlink), so the next stage can take it by name: "
-             "--link traces-r1 ... generations=runs/x/traces-r1.")
+             "--link traces-r1 ... generations=runs/x/traces-r1. Training with several seeds links NAME-s<seed> each.")
 
 
 def run_stage(stage: str, config: Optional[Path], overrides: list[str], show: bool = False,
@@ -102,15 +102,23 @@ def run_stage(stage: str, config: Optional[Path], overrides: list[str], show: bo
             # must not be re-wrapped or have "[...]" values eaten as markup.
             typer.echo(dump_config(cfg), nl=False)
             return None
-        out = module.run(cfg)
+        if hasattr(module, "run_seeds"):  # a training stage: one run per replicate seed (cfg.seeds)
+            outs = module.run_seeds(cfg)
+            names = [link] if len(outs) == 1 else [f"{link}-s{s}" for s in cfg.seed_values()]
+        else:
+            outs, names = [module.run(cfg)], [link]
         if link:
             from tracewise.core.store import link_run
 
-            console.print(f"[green]{stage}:[/] {link_run(out, link)} -> {Path(out).name}")
+            for out, name in zip(outs, names):
+                console.print(f"[green]{stage}:[/] {link_run(out, name)} -> {Path(out).name}")
     except ValueError as e:
         _error(e)
-    console.print(f"[green]{stage} done:[/] {out}")
-    return out
+    if len(outs) > 1:
+        for seed, out in zip(cfg.seed_values(), outs):
+            console.print(f"[green]{stage} seed {seed}:[/] {out}")
+    console.print(f"[green]{stage} done:[/] {' '.join(str(o) for o in outs)}")
+    return outs[-1]
 
 
 def _register(target: typer.Typer, name: str, stage: str, summary: str, command: Callable | None = None) -> None:

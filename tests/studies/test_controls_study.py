@@ -236,4 +236,4 @@ def test_controls_study_over_discovered_students(tmp_path, student_path):
     with pytest.raises(ValueError, match="unknown or empty"):
         ControlsStudyConfig(run_dir=str(qs), controls=["beam"]).validate()
     with pytest.raises(ValueError, match="not found"):
-        ControlsStudyConfig(run_dir=str(qs), students=["nobody"]).student_models()
+        ControlsStudyConfig(run_dir=str(qs), students=["nobody"]).student_replicates()

@@ -85,3 +85,49 @@ def test_tiny_sweep_writes_the_section_and_reruns_as_a_no_op(tmp_path, student_p
     stamps = {p: (p / "DONE").stat().st_mtime for p in tmp_path.glob("*-*")}
     assert rl_alpha.run(cfg) == section  # rerun: every stage is a no-op
     assert {p: (p / "DONE").stat().st_mtime for p in tmp_path.glob("*-*")} == stamps
+
+
+def _tiny_overrides(tmp_path, student_path):
+    return [f"model={student_path}", f"out={tmp_path}", "alphas=[0,0.4]", "threads=1",
+            "rl={problems: {world: {n_train: 8, n_test: 0}}, rewards: [{name: arora_zanette}], "
+            "num_generations: 8, per_device_train_batch_size: 16, max_steps: 1, max_completion_length: 24, "
+            "learning_rate: 1.0e-3, save_steps: 1}",
+            "eval_problems.world.n_train=8", "eval_problems.world.n_test=4", "eval_sampling.n=2",
+            "eval_sampling.max_tokens=24"]
+
+
+def test_start_models_per_seed_of_a_multi_seed_quickstart(tmp_path):
+    for seed in (0, 1):
+        d = tmp_path / f"sft-r1-s{seed}"
+        (d / "model").mkdir(parents=True)
+        (d / "experiment.txt").write_text("r1")
+        (d / "config.yaml").write_text(f"experiment: r1\nseed: {seed}\n")
+        (d / "DONE").write_text("{}")
+    cfg = RLAlphaConfig(quickstart=str(tmp_path), seeds=[1, 0])
+    assert cfg.start_models() == [str(tmp_path / "sft-r1-s1" / "model"), str(tmp_path / "sft-r1-s0" / "model")]
+    with pytest.raises(ValueError, match=r"one finished SFT run labelled 'r1' per seed \[0, 1, 2\]"):
+        RLAlphaConfig(quickstart=str(tmp_path), seeds=3).start_models()
+    with pytest.raises(ValueError, match="rl.seed"):
+        load_config(RLAlphaConfig, None, ["seeds=2", "rl={seed: 3, rewards: [{name: arora_zanette}]}"])
+
+
+def test_tiny_sweep_two_seeds(tmp_path, student_path):
+    import yaml
+
+    cfg = load_config(RLAlphaConfig, None, [*_tiny_overrides(tmp_path, student_path), "seeds=2"])
+    section = rl_alpha.run(cfg)
+    rl_cfgs = [yaml.safe_load((d / "config.yaml").read_text()) for d in tmp_path.glob("rl-*")]
+    assert sorted((c["experiment"], c["seed"]) for c in rl_cfgs) == [("r1-rl-a0", 0), ("r1-rl-a0", 1),
+                                                                      ("r1-rl-a0.4", 0), ("r1-rl-a0.4", 1)]
+    a0 = [{k: v for k, v in c.items() if k != "seed"} for c in rl_cfgs if c["experiment"] == "r1-rl-a0"]
+    assert a0[0] == a0[1]  # the RL replicates differ in their seed alone
+    evals = [yaml.safe_load((d / "config.yaml").read_text()) for d in tmp_path.glob("eval-*")]
+    assert sorted(e["sampling"]["seed"] for e in evals) == [0, 0, 0, 1, 1, 1]
+    rows = json.loads((section.parent / "rl_length_penalty_rows.json").read_text())
+    assert all(r["seeds"] == 2 and r["sd"]["pass@1"] is not None for r in rows)
+    assert all(len(r["rl_dirs"]) == 2 for r in rows[1:])
+    md = json.loads(section.read_text())["markdown"]
+    assert "Paired: r1-rl-a0.4 uses" in md and f"({rows[0]['n']} problems × 2 seeds)" in md
+    assert "in all 2 samples" in md  # samples per problem of one seed, not of all seeds together
+    stamps = {p: (p / "DONE").stat().st_mtime for p in tmp_path.glob("*-*")}
+    assert rl_alpha.run(cfg) == section and {p: (p / "DONE").stat().st_mtime for p in tmp_path.glob("*-*")} == stamps

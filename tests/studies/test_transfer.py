@@ -144,3 +144,50 @@ def test_tiny_study_end_to_end(tmp_path: Path, student_path: str) -> None:
     t0 = time.time()
     run(cfg)  # every stage is done: the rerun only rewrites the report
     assert time.time() - t0 < first
+
+
+def _seeded_run(root: Path, base: str, seeds: list[int]) -> Path:
+    """A quickstart-shaped run that trained r1 and gpt-oss once per seed (sft-<name>-s<seed>)."""
+    for name in ("r1", "gpt-oss"):
+        for seed in seeds:
+            d = root / f"sft-{name}-s{seed}"
+            d.mkdir(parents=True)
+            (d / "config.yaml").write_text(f"experiment: {name}\nmodel: {base}\nseed: {seed}\n")
+            (d / "DONE").write_text("{}")
+            (d / "model").symlink_to(base)
+    return root
+
+
+def test_find_students_takes_each_replicate_seeds_own_student(tmp_path: Path, student_path: str) -> None:
+    run_dir = _seeded_run(tmp_path / "qs", student_path, [0, 1, 2])
+    _, students = find_students(run_dir, ["r1"], [2, 0])
+    assert students == {"r1": [str(run_dir / "sft-r1-s2" / "model"), str(run_dir / "sft-r1-s0" / "model")]}
+    with pytest.raises(ValueError, match=r"trained with seeds \[0, 1, 2\], not \[5\]"):
+        find_students(run_dir, ["r1"], [0, 5])
+    one = _fake_run(tmp_path / "one", student_path, {"r1": student_path})  # one student: every replicate samples it
+    assert find_students(one, ["r1"], [0, 1])[1] == {"r1": [str(one / "sft-r1" / "model")] * 2}
+
+
+def test_tiny_study_two_seeds(tmp_path: Path, student_path: str) -> None:
+    import yaml
+
+    run_dir = _seeded_run(tmp_path / "qs", student_path, [0, 1])
+    cfg = TransferConfig(out=str(tmp_path / "out"), from_run=str(run_dir), domains=["arith", "ordering"],
+                         world=WorldConfig(n_train=12, n_test=3), eval_samples=1, eval_max_tokens=8, seeds=2)
+    section = json.loads(run(cfg).read_text())
+    evals = [yaml.safe_load((d / "config.yaml").read_text()) for d in (tmp_path / "out").glob("eval-*")]
+    assert len(evals) == 3 * 2 * 2  # (base, r1, gpt-oss) × 2 domains × 2 seeds
+    assert sorted(c["sampling"]["seed"] for c in evals) == [0] * 6 + [1] * 6
+    base = [c for c in evals if c["experiment"] == "base" and c["benchmark"] == "world-ordering"]
+    assert sorted(c["sampling"].pop("seed") for c in base) == [0, 1] and base[0] == base[1]  # the seed alone
+    r1 = {c["sampling"]["seed"]: c["model"] for c in evals if c["experiment"] == "r1" and c["benchmark"] == "world-arith"}
+    assert r1 == {s: str(run_dir / f"sft-r1-s{s}" / "model") for s in (0, 1)}  # replicate s: the student of seed s
+    result = json.loads((tmp_path / "out" / "transfer.json").read_text())
+    assert all(e["seeds"] == 2 and "pass@1" in e["ci95"] for per in result["students"].values() for e in per.values())
+    # identical models: every paired gain is exactly 0 with a zero-width interval, so none is distinguishable
+    assert {(g["a"], g["domain"]) for g in result["gains"]} == {(s, d) for s in ("r1", "gpt-oss")
+                                                              for d in ("arith", "ordering")}
+    assert all(g["seeds"] == 2 and g["n_problems"] == 3 and not g["distinguishable"] for g in result["gains"])
+    assert "distinguishable from zero in 0/2 student×domain cells outside arith" in section["markdown"]
+    assert "ΔR_arith of r1, gpt-oss is not distinguishable from zero at this size (3 problems × 2 seeds)" in \
+        section["markdown"]

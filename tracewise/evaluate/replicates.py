@@ -17,14 +17,16 @@ Inputs are plain per-problem tables built from ``Sample`` records, so everything
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
-from tracewise.evaluate.metrics import MAIN_K, _truncated, group_by_problem, maj_at_k, pass_at_k
-from tracewise.core.records import Sample
+from tracewise.core.records import Sample, read_records
+from tracewise.core.seeds import seed_list  # noqa: F401  (re-exported: the replicate seed list)
+from tracewise.evaluate.metrics import MAIN_K, _truncated, group_by_problem, maj_at_k, pass_at_k, read_summary
 
 #: Per-problem columns of a ``ProblemTable``; accuracy columns are means over problems, token columns
 #: are weighted by the number of samples (``count``) so the statistic is the mean over samples.
@@ -187,33 +189,19 @@ def compare(a_name: str, a: Sequence[ProblemTable], b_name: str, b: Sequence[Pro
     return out
 
 
-def seed_list(seeds: int | Sequence[int]) -> list[int]:
-    """``3`` → ``[0, 1, 2]``; an explicit list is kept (duplicates rejected: they are not replicates)."""
-    if isinstance(seeds, bool):
-        raise ValueError(f"seeds: expected a count or a list of ints, got {seeds!r}")
-    if isinstance(seeds, int):
-        if seeds < 1:
-            raise ValueError(f"seeds: need at least 1, got {seeds}")
-        return list(range(seeds))
-    out = [int(s) for s in seeds]
-    if not out:
-        raise ValueError("seeds: empty list")
-    dup = [s for s, c in Counter(out).items() if c > 1]
-    if dup:
-        raise ValueError(f"seeds: repeated seed(s) {dup} would count one run twice")
-    return out
-
-
-def _mean_values(values: list):
-    """Mean of numbers, or of dicts of numbers key by key; None when any value is missing."""
+def mean_values(values: list):
+    """Mean of numbers, or of dicts of numbers key by key; None when any value is missing. Equal values
+    are kept as they are (a budget of 16 in every seed stays the int 16)."""
     if any(v is None for v in values):
         return None
+    if all(v == values[0] for v in values):
+        return values[0]
     if all(isinstance(v, dict) for v in values):
         keys = set().union(*values)
-        return {k: _mean_values([v.get(k) for v in values]) for k in sorted(keys)}
+        return {k: mean_values([v.get(k) for v in values]) for k in sorted(keys)}
     if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
         return float(np.mean(values))
-    return values[0] if all(v == values[0] for v in values) else None
+    return None
 
 
 def combine_rows(rows: Sequence[dict], tables: Sequence[ProblemTable], n_boot: int = 2000, seed: int = 0) -> dict:
@@ -224,10 +212,50 @@ def combine_rows(rows: Sequence[dict], tables: Sequence[ProblemTable], n_boot: i
     """
     if not rows or len(rows) != len(tables):
         raise ValueError(f"combine_rows: {len(rows)} rows for {len(tables)} seeds")
-    out = {k: _mean_values([r.get(k) for r in rows]) for k in rows[0] if k not in ("ci95", "n", "note")}
+    out = {k: mean_values([r.get(k) for r in rows]) for k in rows[0] if k not in ("ci95", "n", "note")}
     agg = aggregate(tables, n_boot=n_boot, seed=seed)
     out.update({m: agg[m] for m in (*ACCURACY, *TOKENS)})
     out.update(n=agg["n"], seeds=agg["seeds"], sd=agg["sd"], ci95=agg["ci95"])
     if "n_samples" in out:
         out["n_samples"] = int(sum(r.get("n_samples", 0) for r in rows))
+    return out
+
+
+def cell(row: dict, metric: str, digits: int = 3) -> str:
+    """``mean ± seed SD [95% CI]`` of one metric of a row (no ± with one seed, no [..] without an interval)."""
+    text = f"{row[metric]:.{digits}f}"
+    sd = (row.get("sd") or {}).get(metric)
+    ci = (row.get("ci95") or {}).get(metric)
+    if sd is not None:
+        text += f" ± {sd:.{digits}f}"
+    if ci:
+        text += f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+    return text
+
+
+def combine_runs(per_seed: Sequence[Sequence[str | Path]], n_boot: int = 2000, seed: int = 0) -> list[dict]:
+    """``summary.json`` rows over replicate seeds from eval run dirs: ``per_seed[i]`` holds seed i's run
+    dirs (one per benchmark), each with ``summary.json`` and ``samples.jsonl``. Every row of the first
+    seed (one per experiment and benchmark; a budget sweep has one per budget) is combined with the
+    same row of the other seeds and the per-problem tables of that row's samples (``combine_rows``)."""
+    if not per_seed:
+        raise ValueError("combine_runs: no seeds")
+    rows_by_seed, samples_by_seed = [], []
+    for dirs in per_seed:
+        rows: dict[tuple[str, str], dict] = {}
+        samples: dict[tuple[str, str], list[Sample]] = defaultdict(list)
+        for d in dirs:
+            for r in read_summary(Path(d) / "summary.json"):
+                rows[(r["experiment"], r["benchmark"])] = r
+            for smp in read_records(Path(d) / "samples.jsonl", Sample):
+                samples[(smp.experiment, smp.benchmark)].append(smp)
+        rows_by_seed.append(rows)
+        samples_by_seed.append(samples)
+    out = []
+    for key in rows_by_seed[0]:
+        missing = [i for i, rows in enumerate(rows_by_seed) if key not in rows or not samples_by_seed[i].get(key)]
+        if missing:
+            raise ValueError(f"combine_runs: {key[0]!r} on {key[1]!r} has no row or samples in replicate(s) {missing}")
+        out.append(combine_rows([rows[key] for rows in rows_by_seed],
+                                [problem_table(samples[key]) for samples in samples_by_seed], n_boot, seed))
     return out

@@ -8,6 +8,9 @@ Several benchmarks in one command (``benchmarks=[gsm8k,math500,aime24]``, CLI ``
 like lm-eval's ``--tasks``): one ordinary, resumable eval run dir per benchmark - the same dir as
 ``problems.source=B benchmark=B`` alone - sharing one loaded model, and their rows (one per
 benchmark) collected in ``<out>/benchmarks-<hash>/summary.json``.
+
+Replicates (``seeds=3`` or ``seeds=[0,1,2]``): one ordinary eval run per sampling seed, and their rows
+combined (mean over seeds, seed SD, hierarchical-bootstrap CI) in ``<out>/replicates-<hash>/summary.json``.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from tracewise.evaluate.metrics import read_summary, summarize, write_summary
 from tracewise.data.sources import ProblemsConfig, load_problems
 from tracewise.core.logs import progress_bar
 from tracewise.core.records import TIMINGS_NAME, Problem, Sample, SampleTiming
+from tracewise.core.seeds import Replicated, seeds_field
 from tracewise.core.store import AppendLog, is_done, mark_done, save_config, stage_dir
 from tracewise.core.tokens import THINK_CLOSE, n_tokens
 from tracewise.core.text import parse_completion
@@ -43,8 +47,10 @@ def _test_problems() -> ProblemsConfig:
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(Replicated):
     """Evaluate a model (``tracewise eval``)."""
+
+    SEED = "sampling.seed"  # what a replicate varies (core.seeds)
 
     out: str = doc("Root directory; the stage writes into <out>/eval-<hash>/.", "runs", hash=False)
     experiment: str = doc("Label of the evaluated student in tables and plots.", "")
@@ -61,6 +67,11 @@ class EvalConfig:
         "Samples per problem, temperature, max new tokens, seed.",
         factory=lambda: SamplingParams(n=8, temperature=0.6, max_tokens=512),
     )
+    seeds: int | list[int] = seeds_field("One eval run per sampling seed (sampling.seed = each; count N: "
+                                         "sampling.seed … +N-1), the model loaded once; their rows are combined in "
+                                         "<out>/replicates-<hash>/summary.json (mean over seeds, plus seeds, sd and a "
+                                         "hierarchical-bootstrap ci95; runs.json: seed -> run dirs). The seed varies "
+                                         "the samples drawn, nothing else.")
     control: ControlConfig = doc("Test-time control: none, budget_force, wait_extend, think_free, truncate.",
                                  factory=ControlConfig)
     few_shot: FewShotConfig = doc("k-shot exemplars shown before each problem (style transfer); k=0 = zero-shot.",
@@ -111,6 +122,7 @@ class EvalConfig:
             self.vllm.validate()
         if self.benchmarks:
             self._validate_benchmarks()
+        self.validate_seeds("eval")
 
     def _validate_benchmarks(self) -> None:
         from tracewise.data.benchmarks import BENCHMARKS
@@ -190,9 +202,45 @@ def run(cfg: EvalConfig) -> Path:
     """Evaluate; resumable (finished samples are skipped); returns the run dir (with ``benchmarks``:
     the ``benchmarks-<hash>`` dir whose ``summary.json`` has one row per benchmark)."""
     cfg.validate()
+    seeds = cfg.seed_values()
+    if len(seeds) > 1:
+        return run_replicates(cfg)
+    if seeds != [cfg.base_seed()]:  # seeds=[5]: the one run of sampling.seed=5, as it would be alone
+        cfg = cfg.for_seed(seeds[0])
     if cfg.benchmarks:
         return run_benchmarks(cfg)
     return _run_one(cfg, load_problems(cfg.problems), {})
+
+
+def run_replicates(cfg: EvalConfig) -> Path:
+    """One ordinary eval run per seed of ``cfg.seeds`` (per benchmark with ``benchmarks``), the model loaded
+    once; returns ``<out>/replicates-<hash>`` with their rows combined over seeds (``combine_runs``)."""
+    from tracewise.evaluate.replicates import combine_runs
+
+    cfg.validate()
+    seeds = cfg.seed_values()
+    subs = [cfg.for_seed(s).per_benchmark() for s in seeds]
+    problems = [load_problems(b.problems) for b in subs[0]]  # the same problems for every seed
+    shared: dict = {}
+    per_seed = [[_run_one(b, p, shared) for b, p in zip(runs, problems)] for runs in subs]
+    for seed, dirs in zip(seeds, per_seed):
+        log.info("eval seed %d: %s", seed, " ".join(str(d) for d in dirs))
+    names = {str(seed): [d.name for d in dirs] for seed, dirs in zip(seeds, per_seed)}
+    set_dir = stage_dir(cfg.out, "replicates", {"runs": names})
+    if not is_done(set_dir):
+        set_dir.mkdir(parents=True, exist_ok=True)
+        rows = write_summary(set_dir / "summary.json", combine_runs(per_seed, n_boot=cfg.n_boot))
+        (set_dir / "runs.json").write_text(json.dumps(names, indent=1) + "\n")
+        mark_done(set_dir, {"seeds": seeds, "runs": names, "summary": rows.name})
+    for row in read_summary(set_dir / "summary.json"):
+        log.info("eval [%s] over %d seeds: pass@1 %.3f (sd %s) [%.3f, %.3f], mean tokens %.1f", row["experiment"],
+                 row["seeds"], row["pass@1"], _fmt_sd(row["sd"]["pass@1"]), *row["ci95"]["pass@1"],
+                 row["mean_tokens"])
+    return set_dir
+
+
+def _fmt_sd(sd: float | None) -> str:
+    return "–" if sd is None else f"{sd:.3f}"
 
 
 def run_benchmarks(cfg: EvalConfig) -> Path:

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from tracewise.evaluate.replicates import cell
 from tracewise.report.sections import Section, register_section, write_section_file
 
 log = logging.getLogger(__name__)
@@ -172,16 +173,17 @@ def plot_controls(curves: list[Curve], trained: list[dict], path: Path) -> Path:
     return path
 
 
-def controls_markdown(rows: list[dict], out_dir: str | Path, name: str = "controls_accuracy_vs_tokens.png"
-                      ) -> tuple[str, list[Path]]:
-    """The section's markdown and images (the plot is written into ``out_dir``)."""
+def controls_markdown(rows: list[dict], out_dir: str | Path, name: str = "controls_accuracy_vs_tokens.png",
+                      paired: str = "") -> tuple[str, list[Path]]:
+    """The section's markdown and images (the plot is written into ``out_dir``); ``paired``: what the paired
+    intervals say about the reading's settings, shown under it."""
     curves, trained = split_rows(rows)
     if not curves and not trained:
         raise ValueError("controls section: no rows to show")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     image = plot_controls(curves, trained, out_dir / name)
-    parts = [reading(curves, trained)]
+    parts = [reading(curves, trained)] + ([paired] if paired else [])
     if curves:
         rng = common_range(curves)
         parts.append("Area under each accuracy-vs-tokens curve: trapezoid of pass@1 over mean tokens divided by the "
@@ -189,6 +191,8 @@ def controls_markdown(rows: list[dict], out_dir: str | Path, name: str = "contro
                      + ("the last column compares every curve on the token range all of them cover."
                         if rng else "the curves share no token range, so areas are over each curve's own range.")
                      + "\n\n" + auc_table(curves))
+    if any(r.get("seeds", 1) > 1 for r in rows):
+        parts.append(seeds_table(rows))
     if trained:
         parts.append("Trained students (no control): " + "; ".join(
             f"{r.get('student') or r['experiment']} pass@1 {r['pass@1']:.3f} at {r['mean_tokens']:.0f} tokens"
@@ -196,9 +200,17 @@ def controls_markdown(rows: list[dict], out_dir: str | Path, name: str = "contro
     return "\n\n".join(parts), [image]
 
 
-def write_controls_section(rows: list[dict], out_dir: str | Path) -> Path:
+def seeds_table(rows: list[dict]) -> str:
+    """Every setting's numbers over its replicate seeds: mean ± seed SD [hierarchical 95% CI]."""
+    lines = [f"Over {rows[0].get('seeds', 1)} seeds (mean ± seed SD [95% CI over problems and seeds]):", "",
+             "| setting | pass@1 | mean tokens |", "|---|---|---|"]
+    lines += [f"| {r['experiment']} | {cell(r, 'pass@1')} | {cell(r, 'mean_tokens', 0)} |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_controls_section(rows: list[dict], out_dir: str | Path, paired: str = "") -> Path:
     """Write ``<out_dir>/controls_section.json`` (for ``tracewise report section_files=[...]``)."""
-    body, images = controls_markdown(rows, out_dir)
+    body, images = controls_markdown(rows, out_dir, paired=paired)
     return write_section_file(Path(out_dir) / "controls_section.json", TITLE, body, images)
 
 

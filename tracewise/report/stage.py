@@ -21,7 +21,7 @@ from pathlib import Path
 from tracewise.core.config import doc
 from tracewise.core.records import Sample, read_records
 from tracewise.evaluate.metrics import level_breakdown, read_summary, write_summary
-from tracewise.evaluate.replicates import ProblemTable, compare, problem_table
+from tracewise.evaluate.replicates import Comparison, ProblemTable, compare, problem_table
 from tracewise.report.diagnostics import consistency, consistency_reading, consistency_table, plot_solve_histogram
 from tracewise.report.plots import plot_accuracy_vs_tokens, plot_learning_curves
 from tracewise.report.render import html_fragments, html_page, render_markdown
@@ -159,11 +159,11 @@ def headline(rows: list[dict], tables: dict[str, dict[str, list[ProblemTable]]] 
             f"{prefix}{lo['experiment']} used {ratio} ({lo['mean_tokens']:.0f} vs {hi['mean_tokens']:.0f}); "
             f"pass@8 differs by {diff:.1f} points ({lo['pass@8']:.3f} vs {hi['pass@8']:.3f})."
         )
-        lines.append(_interval_readings(hi["experiment"], lo["experiment"], (tables or {}).get(bench, {})))
+        lines.append(interval_readings(hi["experiment"], lo["experiment"], (tables or {}).get(bench, {})))
     return "\n\n".join(lines)
 
 
-def _interval_readings(a: str, b: str, tables: dict[str, list[ProblemTable]]) -> str:
+def interval_readings(a: str, b: str, tables: dict[str, list[ProblemTable]]) -> str:
     """What the paired intervals say about ``a`` vs ``b``; the point line above is not a finding on its own."""
     ta, tb = tables.get(a), tables.get(b)
     if not ta or not tb or len(ta) != len(tb):
@@ -173,8 +173,14 @@ def _interval_readings(a: str, b: str, tables: dict[str, list[ProblemTable]]) ->
         cmps = compare(a, ta, b, tb, metrics=("pass@1", "pass@8"))
     except ValueError as e:  # evaluated on different problems: no pairing possible
         return f"No paired interval: {e}."
+    return readings_block(cmps)
+
+
+def readings_block(cmps: list[Comparison]) -> str:
+    """Paired comparisons as the report words them: a heading, then one bullet per reading (token ratio first)."""
+    ordered = [c for c in cmps if c.metric == "token_ratio"] + [c for c in cmps if c.metric != "token_ratio"]
     return "Paired 95% intervals (problems resampled within seeds, then seeds):\n\n" + "\n".join(
-        f"- {c.reading()}" for c in [cmps[-1], *cmps[:-1]])
+        f"- {c.reading()}" for c in ordered)
 
 
 def replicate_tables(sample_paths: list[str]) -> dict[str, dict[str, list[ProblemTable]]]:

@@ -20,9 +20,10 @@ from tracewise import evaluate, generate
 from tracewise.backends.base import SamplingParams
 from tracewise.core.config import doc
 from tracewise.core.logs import progress_bar
+from tracewise.core.seeds import Replicated, seeds_field
 from tracewise.core.threads import THREADS_HELP
-from tracewise.evaluate.metrics import read_summary
 from tracewise.data.sources import ProblemsConfig
+from tracewise.studies.replicated import per_seed
 from tracewise.train import sft
 from tracewise.world import init_stage
 from tracewise.world.problems import WorldConfig
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class StudyBase:
+class StudyBase(Replicated):
     """Fields every curation study shares: where it writes, the world, the base student, parallelism."""
 
     out: str = doc("Root of the stage run dirs (shared with other studies, so finished stages are reused).",
@@ -45,8 +46,13 @@ class StudyBase:
                                  factory=StudentConfig)
     pretrain_steps: int = doc("Base pretraining steps of the embedded student.", 300)
     base_model: str = doc("A real base model to fine-tune instead of the embedded student.", "")
-    parallel: int = doc("Students trained at once (1 torch thread each).", 2)
-    seed: int = doc("Seed for generation, training and sampling.", 0)
+    parallel: int = doc("Students trained at once (1 torch thread each; a worker evaluates its student next).", 2)
+    seed: int = doc("Seed for generation and curation, and the first replicate's training and sampling.", 0)
+    seeds: int | list[int] = seeds_field("A replicate trains every student with its own data order (train seed s) "
+                                         "and evaluates it with sampling seed s; the base student, the teacher traces "
+                                         "and the curated datasets are shared, so replicates measure training and "
+                                         "sampling noise. Tables give mean ± seed SD [95% CI over problems and "
+                                         "seeds]; readings use paired intervals.")
 
 
 @dataclass
@@ -106,6 +112,11 @@ class StudyEval:
     def validate(self) -> None:
         if self.samples < 1 or self.max_tokens < 1 or self.temperature < 0:
             raise ValueError("eval: samples and max_tokens must be >= 1, temperature >= 0")
+
+    def eval_config(self, out: str, name: str, problems: ProblemsConfig, seed: int) -> evaluate.EvalConfig:
+        """The eval of student ``name`` sampled with ``seed`` (``model`` filled in once it is trained)."""
+        sampling = SamplingParams(n=self.samples, temperature=self.temperature, max_tokens=self.max_tokens, seed=seed)
+        return evaluate.EvalConfig(out=out, experiment=name, model="", problems=problems, sampling=sampling, threads=2)
 
 
 def base_student(out: str, student: StudentConfig, pretrain_steps: int, model: str = "") -> str:
@@ -187,15 +198,16 @@ def train_and_eval(cfgs: list[sft.SFTRunConfig], evals: list[evaluate.EvalConfig
     return [results[i] for i in range(len(cfgs))]
 
 
-def eval_students(out: str, models: dict[str, Path], problems: ProblemsConfig, ev: StudyEval, seed: int) -> dict[str, dict]:
-    """``name -> summary row`` (summary.json contract) of each trained student on ``problems``."""
-    rows = {}
-    sampling = SamplingParams(n=ev.samples, temperature=ev.temperature, max_tokens=ev.max_tokens, seed=seed)
-    for name, run_dir in models.items():
-        e = evaluate.run(evaluate.EvalConfig(out=out, experiment=name, model=str(sft.model_dir(run_dir)),
-                                             problems=problems, sampling=sampling, threads=2))
-        rows[name] = read_summary(e / "summary.json")[0]
-    return rows
+def train_eval_seeds(out: str, base_model: str, datasets: dict[str, str], train: TrainSettings, ev: StudyEval,
+                     problems: ProblemsConfig, seeds: list[int], parallel: int) -> dict[str, list[Path]]:
+    """``name -> eval run dir per seed``: for every dataset and seed one student (train seed s) evaluated with
+    sampling seed s, each (name, seed) a worker of ``train_and_eval``, ``parallel`` at a time (1 torch thread
+    each), so replicates fill the cores without oversubscribing them."""
+    jobs = [(name, seed) for seed in seeds for name in datasets]
+    cfgs = [train.sft_config(out, name, base_model, datasets[name], seed, threads=1) for name, seed in jobs]
+    evals = [ev.eval_config(out, name, problems, seed) for name, seed in jobs]
+    done = train_and_eval(cfgs, evals, parallel)
+    return {name: [e for (n, _), (_, e) in zip(jobs, done) if n == name] for name in datasets}
 
 
 def plot_bars(path: Path, labels: list[str], acc: dict[str, list[float]], tokens: list[float], title: str) -> Path:
@@ -243,22 +255,42 @@ def quickstart_test_problems() -> ProblemsConfig:
     return ProblemsConfig(split="test", world=WorldConfig(n_train=4000, n_test=100))  # tracewise.studies.quickstart's world
 
 
+def _finished_runs(root: Path):
+    """``(run dir, label, model dir)`` of every finished ``sft-*`` / ``rl-*`` run under ``root``, in name order."""
+    if not root.is_dir():
+        raise ValueError(f"{root}: run directory not found (run `tracewise quickstart` first, or set models)")
+    for d in sorted([*root.glob("sft-*"), *root.glob("rl-*")]):
+        label_file, model = d / "experiment.txt", d / "model"
+        if (d / "DONE").exists() and label_file.is_file() and (model / "config.json").is_file():
+            yield d, label_file.read_text(encoding="utf-8").strip() or d.name, model
+
+
 def discover_students(run_dir: str | Path) -> dict[str, Path]:
     """``{experiment: model dir}`` of the finished SFT and RL runs (``sft-*``, ``rl-*``) under ``run_dir``."""
     root = Path(run_dir)
-    if not root.is_dir():
-        raise ValueError(f"{root}: run directory not found (run `tracewise quickstart` first, or set models)")
     found: dict[str, Path] = {}
-    for d in sorted([*root.glob("sft-*"), *root.glob("rl-*")]):
-        label_file, model = d / "experiment.txt", d / "model"
-        if not ((d / "DONE").exists() and label_file.is_file() and (model / "config.json").is_file()):
-            continue
-        name = label_file.read_text(encoding="utf-8").strip() or d.name
+    for d, name, model in _finished_runs(root):
         if name in found:  # two runs with one label (e.g. RL reruns with other settings): name the later by its dir
             log.warning("%s: %s and %s are both labelled %r; the second is %r", root, found[name].parent.name,
                         d.name, name, f"{name} ({d.name})")
             name = f"{name} ({d.name})"
         found[name] = model
+    return found
+
+
+def discover_replicates(run_dir: str | Path) -> dict[str, dict[int | None, Path]]:
+    """``{experiment: {train seed: model dir}}`` of the finished SFT and RL runs under ``run_dir``: one label's
+    runs with distinct train seeds (``quickstart seeds=3``) are replicates of one student; two runs of one
+    label and seed are two students, the later named by its dir (as ``discover_students`` does)."""
+    import yaml
+
+    found: dict[str, dict[int | None, Path]] = {}
+    for d, name, model in _finished_runs(Path(run_dir)):
+        config = d / "config.yaml"
+        seed = (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("seed") if config.is_file() else None
+        if seed in found.get(name, {}):
+            name = f"{name} ({d.name})"
+        found.setdefault(name, {})[seed] = model
     return found
 
 
@@ -276,8 +308,10 @@ def parse_models(specs: list[str], field_name: str) -> dict[str, str]:
 
 
 @dataclass
-class StudentsStudy:
+class StudentsStudy(Replicated):
     """Fields of a study that evaluates the finished students of a quickstart run (controls, few-shot)."""
+
+    SEED = "sampling.seed"  # replicates count from the sampling seed
 
     out: str = doc("Directory for the eval run dirs, summary.json and the section JSON.", "runs/study", hash=False)
     run_dir: str = doc("Quickstart run dir whose finished students (sft-*, rl-*) are evaluated.", "runs/quickstart")
@@ -288,13 +322,20 @@ class StudentsStudy:
                                    factory=quickstart_test_problems)
     sampling: SamplingParams = doc("Samples per problem, temperature, max tokens, seed.",
                                    factory=lambda: SamplingParams(n=4, temperature=0.6, max_tokens=256, seed=0))
+    seeds: int | list[int] = seeds_field(
+        "Sampling seeds (count N: sampling.seed … +N-1): every (student, setting) is evaluated once per seed s with "
+        "sampling seed s; a student the quickstart trained with several seeds is its seed-s run in replicate s (else "
+        "its one run, so the seed varies the sampling only). Rows are means with seeds, sd and a hierarchical ci95; "
+        "the reading's comparison is a paired interval.")
     batch_size: int = doc("Generation batch size.", 256, hash=False)
     threads: int = doc(THREADS_HELP, 0, hash=False)
 
-    def student_models(self, where: str) -> dict[str, str]:
-        """``{student: model dir}``: run_dir's finished students, then ``models``, narrowed to ``students``."""
-        found = {k: str(v) for k, v in discover_students(self.run_dir).items()} if self.run_dir else {}
-        found.update(parse_models(self.models, f"{where}.models"))
+    def student_replicates(self, where: str) -> dict[str, list[str]]:
+        """``{student: model dir per replicate seed}``: run_dir's finished students, then ``models``, narrowed to
+        ``students``."""
+        found = ({k: {s: str(m) for s, m in v.items()} for k, v in discover_replicates(self.run_dir).items()}
+                 if self.run_dir else {})
+        found.update({k: {None: p} for k, p in parse_models(self.models, f"{where}.models").items()})
         if self.students:
             missing = sorted(set(self.students) - set(found))
             if missing:
@@ -302,4 +343,9 @@ class StudentsStudy:
             found = {k: found[k] for k in self.students}
         if not found:
             raise ValueError(f"{where}: no finished students under {self.run_dir!r}")
-        return found
+        seeds = self.seed_values()
+        return {k: per_seed([(s, 0.0, m) for s, m in v.items()], seeds, f"{where}: student {k!r}")
+                for k, v in found.items()}
+
+    def sampling_for(self, seed: int | None) -> SamplingParams:
+        return self.sampling if seed is None else replace(self.sampling, seed=seed)

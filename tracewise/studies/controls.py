@@ -21,8 +21,11 @@ from tracewise import evaluate
 from tracewise.core.config import doc
 from tracewise.evaluate.controls import CONTROLS, ControlConfig
 from tracewise.evaluate.metrics import read_summary, write_summary
-from tracewise.report.controls import write_controls_section
+from tracewise.evaluate.replicates import combine_runs
+from tracewise.report.controls import NEAR_BEST, write_controls_section
+from tracewise.report.stage import readings_block
 from tracewise.studies.common import StudentsStudy, parse_models
+from tracewise.studies.replicated import Replicates
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,7 @@ class ControlsStudyConfig(StudentsStudy):
     include_trained: bool = doc("Also evaluate each student without a control (its trained point).", True)
 
     def validate(self) -> None:
+        self.validate_seeds("study.controls")
         unknown = [c for c in self.controls if c not in STUDY_CONTROLS]
         if unknown or not self.controls:
             raise ValueError(f"study.controls.controls: unknown or empty {unknown or self.controls}; "
@@ -71,30 +75,55 @@ class ControlsStudyConfig(StudentsStudy):
                 out.append(ControlConfig(name=name))
         return out
 
-    def eval_config(self, student: str, model: str, control: ControlConfig) -> evaluate.EvalConfig:
+    def eval_config(self, student: str, model: str, control: ControlConfig, seed: int | None = None
+                    ) -> evaluate.EvalConfig:
         return evaluate.EvalConfig(out=self.out, experiment=student, model=model, problems=self.problems,
-                                   sampling=self.sampling, control=control, batch_size=self.batch_size,
+                                   sampling=self.sampling_for(seed), control=control, batch_size=self.batch_size,
                                    threads=self.threads)
 
-    def student_models(self) -> dict[str, str]:
-        return super().student_models("study.controls")
+    def student_replicates(self) -> dict[str, list[str]]:
+        return super().student_replicates("study.controls")
 
 
 def run(cfg: ControlsStudyConfig) -> Path:
-    """Run every (student, control) eval, then write summary.json and the section; returns the section path."""
+    """Run every (student, control, seed) eval, then write summary.json (rows over seeds) and the section;
+    returns the section path."""
     cfg.validate()
-    students = cfg.student_models()
+    students = cfg.student_replicates()
+    seeds = cfg.seed_values()
     out = Path(cfg.out)
-    rows: list[dict] = []
+    per_seed: list[list[Path]] = [[] for _ in seeds]
+    runs: dict[str, list[Path]] = {}  # row label -> its eval dir per seed
     timings: dict[str, float] = {}
-    for student, model in students.items():
+    for student, models in students.items():
         for control in cfg.control_configs():
             t0 = time.time()
-            run_dir = evaluate.run(cfg.eval_config(student, model, control))
+            dirs = [evaluate.run(cfg.eval_config(student, m, control, s)) for m, s in zip(models, seeds)]
             timings[f"{student}/{control.name}"] = round(time.time() - t0, 1)
-            rows.extend(read_summary(run_dir / "summary.json"))
+            for i, d in enumerate(dirs):
+                per_seed[i].append(d)
+            runs.update({r["experiment"]: dirs for r in read_summary(dirs[0] / "summary.json")})
+    rows = combine_runs(per_seed)
     write_summary(out / "summary.json", rows)
-    section = write_controls_section(rows, out)
-    log.info("study controls: %d rows for %d students; section %s; eval times (s) %s", len(rows), len(students),
-             section, timings)
+    pair = contrast(rows)
+    paired = readings_block(Replicates(runs).compare(*pair)) if pair else ""
+    section = write_controls_section(rows, out, paired)
+    log.info("study controls: %d rows for %d students × %d seed(s); section %s; eval times (s) %s", len(rows),
+             len(students), len(seeds), section, timings)
     return section
+
+
+def contrast(rows: list[dict]) -> tuple[str, str] | None:
+    """(the best setting, the cheapest setting within NEAR_BEST of its pass@1) as row labels: the two settings
+    the section's reading names (trained students first on ties, as the reading does); None when they are
+    one setting or nothing answered."""
+    none = [r for r in rows if (r.get("control") or "none") == "none" and not r.get("few_shot_k")]
+    ordered = none + [r for r in rows if (r.get("control") or "none") != "none"]
+    if not ordered:
+        return None
+    best = max(ordered, key=lambda r: (r["pass@1"], -r["mean_tokens"]))
+    if best["pass@1"] <= 0:
+        return None
+    cheap = min((r for r in ordered if r["pass@1"] >= NEAR_BEST * best["pass@1"]),
+                key=lambda r: (r["mean_tokens"], -r["pass@1"]))
+    return None if cheap is best else (best["experiment"], cheap["experiment"])

@@ -20,6 +20,7 @@ import logging
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Sequence
 
 from tracewise import curate
 from tracewise.verify import stage as verify_stage
@@ -29,8 +30,11 @@ from tracewise.curate.strategies import STRATEGIES, SelectionConfig
 from tracewise.curate.decontam import DecontamConfig
 from tracewise.data.sources import ProblemsConfig
 from tracewise.report.sections import write_section_file
-from tracewise.studies.common import (StudyBase, StudyEval, TrainSettings, base_student, eval_students,
-                                      generate_world, plot_bars, train_students)
+from tracewise.evaluate.replicates import Comparison, cell
+from tracewise.report.stage import readings_block
+from tracewise.studies.common import (StudyBase, StudyEval, TrainSettings, base_student, generate_world, plot_bars,
+                                      train_eval_seeds, train_students)
+from tracewise.studies.replicated import Replicates, find, stats
 from tracewise.world.judge import JudgeConfig
 from tracewise.world.problems import WorldConfig
 from tracewise.world.teachers import TeacherConfig
@@ -84,6 +88,7 @@ class CurationStudyConfig(StudyBase):
                              "and parallel >= 1 required")
         for part in (self.world, self.judge, self.decontam, self.selection, self.train, self.eval, *self.teachers):
             part.validate()
+        self.validate_seeds("curation")
 
 
 def reference_run(cfg: CurationStudyConfig, base: str) -> str:
@@ -131,22 +136,40 @@ def run(cfg: CurationStudyConfig) -> Path:
         datasets[s] = str(curate.dataset_path(cur, "selected"))
         infos[s] = json.loads((cur / "table.json").read_text())["strategy"]
     lap("curate")
-    models = train_students(cfg.out, base, datasets, cfg.train, cfg.seed, cfg.parallel)
-    lap("train")
     test = ProblemsConfig(source="world", split="test", world=cfg.world)
-    rows = eval_students(cfg.out, models, test, cfg.eval, cfg.seed)
-    lap("eval")
+    reps = Replicates(train_eval_seeds(cfg.out, base, datasets, cfg.train, cfg.eval, test, cfg.seed_values(),
+                                       cfg.parallel))
+    lap("train+eval")
+    rows = {s: reps.row(s) for s in cfg.strategies}
     results = [{"strategy": s, "selected": infos[s]["selected"], "pool": infos[s]["pool"],
                 "teachers": infos[s]["teachers"], "levels": infos[s]["levels"],
                 "train_tokens": infos[s]["mean_tokens"], "pass@1": rows[s]["pass@1"], "pass@8": rows[s]["pass@8"],
-                "mean_tokens": rows[s]["mean_tokens"], "ci95_pass@1": rows[s]["ci95"].get("pass@1")}
+                "mean_tokens": rows[s]["mean_tokens"], "ci95_pass@1": rows[s]["ci95"]["pass@1"], **stats(rows[s])}
                for s in cfg.strategies]
-    return write_outputs(Path(cfg.out) / cfg.name, results, timings, selection.reference != "")
+    pair = contrast(results)
+    comparisons = reps.compare(*pair) if pair else []
+    return write_outputs(Path(cfg.out) / cfg.name, results, timings, selection.reference != "", comparisons)
 
 
-def reading(results: list[dict]) -> str:
-    """One line computed from the numbers: best strategy, its cost, and how it compares with random."""
-    best = max(results, key=lambda r: (r["pass@1"], -r["mean_tokens"]))
+def _best(results: list[dict]) -> dict:
+    return max(results, key=lambda r: (r["pass@1"], -r["mean_tokens"]))
+
+
+def contrast(results: list[dict]) -> tuple[str, str] | None:
+    """The pair the reading tests with paired intervals: the best strategy vs random (vs the runner-up when
+    random is best); None with a single strategy."""
+    best = _best(results)
+    rnd = next((r for r in results if r["strategy"] == "random"), None)
+    if rnd is not None and best is not rnd:
+        return best["strategy"], rnd["strategy"]
+    others = [r for r in results if r is not best]
+    return (best["strategy"], _best(others)["strategy"]) if others else None
+
+
+def reading(results: list[dict], comparisons: Sequence[Comparison] = ()) -> str:
+    """One line computed from the numbers: best strategy, its cost, and how it compares with random; with
+    ``comparisons`` (paired intervals of ``contrast``) whether the difference is distinguishable."""
+    best = _best(results)
     cheap = min(results, key=lambda r: (r["mean_tokens"], -r["pass@1"]))
     line = (f"{best['strategy']} gives the best student pass@1 ({best['pass@1']:.3f}, pass@8 {best['pass@8']:.3f}) "
             f"at {best['mean_tokens']:.0f} tokens per answer; {cheap['strategy']} is cheapest "
@@ -156,7 +179,9 @@ def reading(results: list[dict]) -> str:
         ratio = best["mean_tokens"] / rnd["mean_tokens"] if rnd["mean_tokens"] else float("nan")
         line += (f"; vs random: {100 * (best['pass@1'] - rnd['pass@1']):+.1f} points pass@1 at {ratio:.2f}x "
                  "random's tokens")
-    return line + "."
+    pair = contrast(results)
+    paired = find(comparisons, *pair) if pair else None
+    return line + "." + (f" Paired {paired.reading()}" if paired else "")
 
 
 def render(results: list[dict]) -> str:
@@ -167,21 +192,26 @@ def render(results: list[dict]) -> str:
         levels = ", ".join(f"L{k} {v}" for k, v in r["levels"].items())
         per_k = 1000 * r["pass@1"] / r["mean_tokens"] if r["mean_tokens"] else 0.0
         lines.append(f"| {r['strategy']} | {r['selected']} of {r['pool']} | {teachers} | {levels} "
-                     f"| {r['train_tokens']:.1f} | {r['pass@1']:.3f} | {r['pass@8']:.3f} | {r['mean_tokens']:.1f} "
-                     f"| {per_k:.2f} |")
+                     f"| {r['train_tokens']:.1f} | {cell(r, 'pass@1')} | {cell(r, 'pass@8')} "
+                     f"| {cell(r, 'mean_tokens', 1)} | {per_k:.2f} |")
     return "\n".join(lines)
 
 
-def write_outputs(out: Path, results: list[dict], timings: dict[str, float], reference: bool) -> Path:
+def write_outputs(out: Path, results: list[dict], timings: dict[str, float], reference: bool,
+                  comparisons: Sequence[Comparison] = ()) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "curation.json").write_text(json.dumps({"results": results, "timings_s": timings}, indent=1))
+    (out / "curation.json").write_text(json.dumps({"results": results, "comparisons": [c.to_dict() for c in comparisons],
+                                                   "timings_s": timings}, indent=1))
     png = plot_bars(out / "curation.png", [r["strategy"] for r in results],
                     {"pass@1": [r["pass@1"] for r in results], "pass@8": [r["pass@8"] for r in results]},
                     [r["mean_tokens"] for r in results], "Curation strategies at equal dataset size")
     diff = "a reference student's accuracy on the pool" if reference else "problem levels (no reference student)"
-    md = (f"**Reading:** {reading(results)}\n\n{render(results)}\n\n"
+    seeds = results[0].get("seeds", 1) if results else 1
+    paired = f"\n\n{readings_block(list(comparisons))}" if comparisons else ""
+    md = (f"**Reading:** {reading(results, comparisons)}\n\n{render(results)}{paired}\n\n"
           f"Same pool (after decontamination, dedup and the correctness filter), same size, steps and test problems "
-          f"for every student; s1/adaptive difficulty from {diff}. Wall time: {sum(timings.values()):.0f} s "
-          f"({', '.join(f'{k} {v:.0f} s' for k, v in timings.items())}).")
-    log.info("curation: %s", reading(results))
+          f"for every student; {seeds} seed{'s' if seeds != 1 else ''} per student (cells: mean over seeds ± seed SD "
+          f"[95% CI over problems and seeds]); s1/adaptive difficulty from {diff}. "
+          f"Wall time: {sum(timings.values()):.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in timings.items())}).")
+    log.info("curation: %s", reading(results, comparisons))
     return write_section_file(out / "curation_section.json", "Curation strategies at equal dataset size", md, [png])

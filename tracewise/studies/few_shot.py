@@ -15,13 +15,17 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from tracewise import evaluate
 from tracewise.core.config import doc
 from tracewise.evaluate.few_shot import FewShotConfig
-from tracewise.evaluate.metrics import read_summary, write_summary
+from tracewise.evaluate.metrics import write_summary
+from tracewise.evaluate.replicates import Comparison, cell, combine_runs
 from tracewise.report.sections import write_section_file
+from tracewise.report.stage import readings_block
 from tracewise.studies.common import StudentsStudy, parse_models
+from tracewise.studies.replicated import Replicates, find
 
 log = logging.getLogger(__name__)
 TITLE = "Few-shot style transfer"
@@ -59,6 +63,7 @@ class FewShotStudyConfig(StudentsStudy):
     concise_tolerance: float = doc("The reading's 'stays concise': mean tokens grow by at most this fraction.", 0.25)
 
     def validate(self) -> None:
+        self.validate_seeds("study.few_shot")
         if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
             raise ValueError(f"study.few_shot.k must be an int >= 1, got {self.k!r}")
         if not 0 <= self.concise_tolerance:
@@ -75,13 +80,14 @@ class FewShotStudyConfig(StudentsStudy):
             raise ValueError(f"study.few_shot: no single-teacher curated datasets under {self.run_dir}")
         return styles
 
-    def student_models(self) -> dict[str, str]:
-        return super().student_models("study.few_shot")
+    def student_replicates(self) -> dict[str, list[str]]:
+        return super().student_replicates("study.few_shot")
 
-    def eval_config(self, student: str, model: str, few_shot: FewShotConfig) -> evaluate.EvalConfig:
+    def eval_config(self, student: str, model: str, few_shot: FewShotConfig, seed: int | None = None
+                    ) -> evaluate.EvalConfig:
         name = f"{student} +{few_shot.k}-shot {few_shot.style}" if few_shot.k else student
         return evaluate.EvalConfig(out=self.out, experiment=name, model=model, problems=self.problems,
-                                   sampling=self.sampling, few_shot=few_shot, batch_size=self.batch_size,
+                                   sampling=self.sampling_for(seed), few_shot=few_shot, batch_size=self.batch_size,
                                    threads=self.threads)
 
 
@@ -96,36 +102,60 @@ def _styles(rows: list[dict]) -> set[str]:
 
 
 def table(rows: list[dict]) -> str:
-    """Markdown: per student, zero-shot then each exemplar style, with changes against zero-shot."""
+    """Markdown: per student, zero-shot then each exemplar style, with changes against zero-shot (pass@1 and
+    tokens: mean ± seed SD [95% CI] with several seeds)."""
     zero = {r["student"]: r for r in rows if not r.get("few_shot_k")}
     lines = ["| student | exemplars | pass@1 | Δ pass@1 | mean tokens | Δ tokens |", "|---|---|---|---|---|---|"]
     for r in rows:
         z = zero.get(r["student"])
         if not r.get("few_shot_k"):
-            lines.append(f"| {r['student']} | none (zero-shot) | {r['pass@1']:.3f} | – | {r['mean_tokens']:.0f} | – |")
+            lines.append(f"| {r['student']} | none (zero-shot) | {_cell(r, 'pass@1')} | – | {_cell(r, 'mean_tokens', 0)} "
+                         "| – |")
             continue
         rel = relation(r["student"], r["few_shot_style"], _styles(rows))
         ex = f"{r['few_shot_k']}× {r['few_shot_style']}" + (f" ({rel})" if rel != "–" else "")
         d_acc = f"{r['pass@1'] - z['pass@1']:+.3f}" if z else "–"
         d_tok = (f"{r['mean_tokens'] - z['mean_tokens']:+.0f} ({(r['mean_tokens'] / z['mean_tokens'] - 1) * 100:+.0f}%)"
                  if z and z["mean_tokens"] > 0 else "–")
-        lines.append(f"| {r['student']} | {ex} | {r['pass@1']:.3f} | {d_acc} | {r['mean_tokens']:.0f} | {d_tok} |")
+        lines.append(f"| {r['student']} | {ex} | {_cell(r, 'pass@1')} | {d_acc} | {_cell(r, 'mean_tokens', 0)} "
+                     f"| {d_tok} |")
     return "\n".join(lines)
 
 
-def reading(rows: list[dict], tolerance: float) -> str:
-    """Does the most concise zero-shot student (that has a teacher style) stay concise with the other style?"""
+def _cell(row: dict, metric: str, digits: int = 3) -> str:
+    """The mean alone with one seed (as before replicates); mean ± seed SD [95% CI] with several."""
+    return cell(row, metric, digits) if row.get("seeds", 1) > 1 else f"{row[metric]:.{digits}f}"
+
+
+def _concise(rows: list[dict]) -> tuple[dict, list[dict]] | None:
+    """The most concise zero-shot student that was shown another teacher's style, and those rows."""
     zero = {r["student"]: r for r in rows if not r.get("few_shot_k")}
     styles = _styles(rows)
     shown = [r for r in rows if r.get("few_shot_k") and relation(r["student"], r["few_shot_style"], styles) == "other"]
     candidates = [s for s in zero if any(r["student"] == s for r in shown) and zero[s]["mean_tokens"] > 0]
     if not candidates:
-        return "Reading: no student was shown another teacher's style next to a zero-shot run, so transfer cannot be assessed."
+        return None
     s = min(candidates, key=lambda name: zero[name]["mean_tokens"])
-    z = zero[s]
+    return zero[s], [r for r in shown if r["student"] == s]
+
+
+def contrasts(rows: list[dict]) -> list[tuple[str, str]]:
+    """(zero-shot, other-style) row labels of the reading's student: the pairs it compares by paired intervals."""
+    found = _concise(rows)
+    return [] if found is None else [(found[0]["experiment"], r["experiment"]) for r in found[1]]
+
+
+def reading(rows: list[dict], tolerance: float, comparisons: Sequence[Comparison] = ()) -> str:
+    """Does the most concise zero-shot student (that has a teacher style) stay concise with the other style?
+    With ``comparisons`` (paired intervals of ``contrasts``) each change says whether it is distinguishable."""
+    found = _concise(rows)
+    if found is None:
+        return "Reading: no student was shown another teacher's style next to a zero-shot run, so transfer cannot be assessed."
+    z, shown = found
+    s, styles = z["student"], _styles(rows)
     parts = []
     grew = []
-    for r in (r for r in shown if r["student"] == s):
+    for r in shown:
         ratio = r["mean_tokens"] / z["mean_tokens"]
         grew.append(ratio)
         parts.append(f"{r['few_shot_k']}× {r['few_shot_style']} exemplars take it to {r['mean_tokens']:.0f} tokens "
@@ -135,28 +165,42 @@ def reading(rows: list[dict], tolerance: float) -> str:
         parts.append(f"its own style gives {own[0]['mean_tokens']:.0f} tokens "
                      f"({(own[0]['mean_tokens'] / z['mean_tokens'] - 1) * 100:+.0f}%)")
     verdict = ("it stays concise" if max(grew) <= 1 + tolerance else "it does not stay concise")
+    paired = [c.reading() for r in shown for metric in ("token_ratio", "pass@1")
+              if (c := find(comparisons, z["experiment"], r["experiment"], metric)) is not None]
     return (f"Reading: the most concise student zero-shot, {s} ({z['mean_tokens']:.0f} tokens): " + "; ".join(parts)
-            + f" → {verdict} (tolerance +{tolerance:.0%} tokens).")
+            + f" → {verdict} (tolerance +{tolerance:.0%} tokens)." + "".join(f" Paired: {p}" for p in paired))
 
 
 def run(cfg: FewShotStudyConfig) -> Path:
-    """Evaluate every (student, exemplar style) and zero-shot; write summary.json and the section."""
+    """Evaluate every (student, exemplar style) and zero-shot, once per seed; write summary.json (rows over
+    seeds) and the section."""
     cfg.validate()
-    students, styles = cfg.student_models(), cfg.styles()
+    students, styles = cfg.student_replicates(), cfg.styles()
     settings = [FewShotConfig()] + [FewShotConfig(path=p, k=cfg.k, label=s) for s, p in styles.items()]
     for fs in settings:  # every exemplar set loads and is big enough before the first eval runs
         fs.validate()
-    rows = []
-    for student, model in students.items():
+    seeds = cfg.seed_values()
+    per_seed: list[list[Path]] = [[] for _ in seeds]
+    runs: dict[str, list[Path]] = {}
+    student_of: dict[str, str] = {}
+    for student, models in students.items():
         for fs in settings:
-            run_dir = evaluate.run(cfg.eval_config(student, model, fs))
-            # The eval labels the row by its experiment name ('r1 +1-shot gpt-oss'); group by the student.
-            rows.extend({**r, "student": student} for r in read_summary(run_dir / "summary.json"))
+            dirs = [evaluate.run(cfg.eval_config(student, m, fs, s)) for m, s in zip(models, seeds)]
+            label = cfg.eval_config(student, models[0], fs).experiment
+            runs[label], student_of[label] = dirs, student
+            for i, d in enumerate(dirs):
+                per_seed[i].append(d)
+    # The eval labels the row by its experiment name ('r1 +1-shot gpt-oss'); group by the student.
+    rows = [{**r, "student": student_of[r["experiment"]]} for r in combine_runs(per_seed)]
     out = Path(cfg.out)
     write_summary(out / "summary.json", rows)
-    body = (reading(rows, cfg.concise_tolerance) + "\n\n" + table(rows) + "\n\n"
-            f"Exemplars: {', '.join(f'{s} = {p}' for s, p in styles.items())}; the first {cfg.k} of each (the same "
-            "questions in every curated dataset), shown as earlier user/assistant turns with their thinking.")
+    reps = Replicates(runs)
+    comparisons = [c for a, b in contrasts(rows) for c in reps.compare(a, b)]
+    body = (reading(rows, cfg.concise_tolerance, comparisons) + "\n\n" + table(rows) + "\n\n"
+            + (readings_block(comparisons) + "\n\n" if comparisons else "")
+            + f"Exemplars: {', '.join(f'{s} = {p}' for s, p in styles.items())}; the first {cfg.k} of each (the same "
+            f"questions in every curated dataset), shown as earlier user/assistant turns with their thinking; "
+            f"{len(seeds)} sampling seed{'s' if len(seeds) != 1 else ''} per row.")
     section = write_section_file(out / "few_shot_section.json", TITLE, body)
     log.info("study few-shot: %d rows; section %s", len(rows), section)
     return section

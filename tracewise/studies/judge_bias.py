@@ -19,6 +19,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from tracewise import curate
 from tracewise.verify import stage as verify_stage
@@ -26,8 +27,11 @@ from tracewise.core.config import doc
 from tracewise.curate.decontam import DecontamConfig
 from tracewise.data.sources import ProblemsConfig
 from tracewise.report.sections import write_section_file
-from tracewise.studies.common import (StudyBase, StudyEval, TrainSettings, base_student, eval_students,
-                                      generate_world, pearson, plot_bars, train_students)
+from tracewise.evaluate.replicates import Comparison, cell
+from tracewise.report.stage import readings_block
+from tracewise.studies.common import (StudyBase, StudyEval, TrainSettings, base_student, generate_world, pearson,
+                                      plot_bars, train_eval_seeds)
+from tracewise.studies.replicated import Replicates, find, stats
 from tracewise.world.judge import JudgeConfig
 from tracewise.world.teachers import TeacherConfig
 
@@ -77,6 +81,7 @@ class JudgeBiasConfig(StudyBase):
             raise ValueError("judge_bias: parallel must be >= 1 and pretrain_steps >= 0")
         for part in (self.world, self.teacher, self.decontam, self.train, self.eval):
             part.validate()
+        self.validate_seeds("judge_bias")
 
 
 def _rates(j: JudgeConfig) -> str:
@@ -119,30 +124,55 @@ def run(cfg: JudgeBiasConfig) -> Path:
     if empty:
         raise ValueError(f"judge_bias: variants {empty} keep no problem; lower the judge error rates")
     lap("verify+curate")
-    models = train_students(cfg.out, base, datasets, cfg.train, cfg.seed, cfg.parallel)
-    lap("train")
     test = cfg.eval_problems or ProblemsConfig(source="world", split="test", world=cfg.world)
-    rows = eval_students(cfg.out, models, test, cfg.eval, cfg.seed)
-    lap("eval")
+    reps = Replicates(train_eval_seeds(cfg.out, base, datasets, cfg.train, cfg.eval, test, cfg.seed_values(),
+                                       cfg.parallel))
+    lap("train+eval")
+    rows = {k: reps.row(k) for k in labels}
     results = [{"variant": k, **tables[k], "pass@1": rows[k]["pass@1"], "pass@8": rows[k]["pass@8"],
-                "mean_tokens": rows[k]["mean_tokens"], "ci95_pass@1": rows[k]["ci95"].get("pass@1")} for k in labels]
-    return write_outputs(Path(cfg.out) / cfg.name, results, timings)
+                "mean_tokens": rows[k]["mean_tokens"], "ci95_pass@1": rows[k]["ci95"]["pass@1"], **stats(rows[k])}
+               for k in labels]
+    comparisons = [c for a, b in contrasts(results) for c in reps.compare(a, b)]
+    return write_outputs(Path(cfg.out) / cfg.name, results, timings, comparisons)
 
 
-def reading(results: list[dict]) -> str:
-    """One line computed from the numbers: who let wrong traces in, and whether students paid for it."""
+def _share(r: dict) -> float:
+    return (r["wrong_let_through"] or 0) / r["kept"]
+
+
+def _extremes(results: list[dict]) -> tuple[dict, dict, dict, dict]:
+    """(best, worst) by student pass@1 and (cleanest, dirtiest) by known-wrong traces let through."""
     best = max(results, key=lambda r: (r["pass@1"], -r["mean_tokens"]))
     worst = min(results, key=lambda r: r["pass@1"])
-    frac = [(r["wrong_let_through"] or 0) / r["kept"] for r in results]
-    corr = pearson(frac, [r["pass@1"] for r in results])
     cleanest = min(results, key=lambda r: (r["wrong_let_through"] or 0, -r["kept"]))
-    dirtiest = max(results, key=lambda r: ((r["wrong_let_through"] or 0) / r["kept"], r["variant"]))
+    dirtiest = max(results, key=lambda r: (_share(r), r["variant"]))
+    return best, worst, cleanest, dirtiest
+
+
+def contrasts(results: list[dict]) -> list[tuple[str, str]]:
+    """The variant pairs the reading tests with paired intervals: best vs worst pass@1 (is the spread real?)
+    and, when the teacher's errors are known, the cleanest vs the dirtiest filter (did letting wrong traces
+    through cost accuracy?)."""
+    best, worst, cleanest, dirtiest = _extremes(results)
+    pairs = [(best["variant"], worst["variant"])] if best is not worst else []
+    known = all(r["wrong_let_through"] is not None for r in results)
+    pair = (cleanest["variant"], dirtiest["variant"])
+    if known and cleanest is not dirtiest and pair not in pairs and pair[::-1] not in pairs:
+        pairs.append(pair)
+    return pairs
+
+
+def reading(results: list[dict], comparisons: Sequence[Comparison] = ()) -> str:
+    """One line computed from the numbers: who let wrong traces in, and whether students paid for it; with
+    ``comparisons`` (paired intervals of ``contrasts``) each difference says whether it is distinguishable."""
+    best, worst, cleanest, dirtiest = _extremes(results)
+    corr = pearson([_share(r) for r in results], [r["pass@1"] for r in results])
     known = all(r["wrong_let_through"] is not None for r in results)
     parts = []
     if known:
         parts.append(f"{dirtiest['variant']} let the most known-wrong traces through "
                      f"({dirtiest['wrong_let_through']} of {dirtiest['kept']} kept, "
-                     f"{100 * (dirtiest['wrong_let_through'] or 0) / dirtiest['kept']:.1f}%), "
+                     f"{100 * _share(dirtiest):.1f}%), "
                      f"{cleanest['variant']} the fewest ({cleanest['wrong_let_through']})")
     spread = best["pass@1"] - worst["pass@1"]
     parts.append(f"student pass@1 ranges from {worst['pass@1']:.3f} ({worst['variant']}) to {best['pass@1']:.3f} "
@@ -150,7 +180,9 @@ def reading(results: list[dict]) -> str:
     if corr is not None and known:
         direction = "lower" if corr < 0 else "higher"
         parts.append(f"across variants, a larger wrong-trace share goes with {direction} pass@1 (r = {corr:+.2f})")
-    return "; ".join(parts) + "."
+    paired = [c.reading() for a, b in contrasts(results)
+              if (c := find(comparisons, a, b)) is not None]
+    return "; ".join(parts) + "." + "".join(f" Paired {p}" for p in paired)
 
 
 def render(results: list[dict]) -> str:
@@ -159,20 +191,27 @@ def render(results: list[dict]) -> str:
     for r in results:
         wrong = "n/a" if r["wrong_let_through"] is None else f"{r['wrong_let_through']} of {r['known_wrong']}"
         lines.append(f"| {r['variant']} | {r['filter']} | {r['judge']} | {r['kept']} of {r['pool']} | {wrong} "
-                     f"| {r['mean_tokens_kept']:.1f} | {r['pass@1']:.3f} | {r['pass@8']:.3f} | {r['mean_tokens']:.1f} |")
+                     f"| {r['mean_tokens_kept']:.1f} | {cell(r, 'pass@1')} | {cell(r, 'pass@8')} "
+                     f"| {cell(r, 'mean_tokens', 1)} |")
     return "\n".join(lines)
 
 
-def write_outputs(out: Path, results: list[dict], timings: dict[str, float]) -> Path:
+def write_outputs(out: Path, results: list[dict], timings: dict[str, float],
+                  comparisons: Sequence[Comparison] = ()) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "judge_bias.json").write_text(json.dumps({"results": results, "timings_s": timings}, indent=1))
+    (out / "judge_bias.json").write_text(json.dumps({"results": results, "comparisons": [c.to_dict() for c in comparisons],
+                                                     "timings_s": timings}, indent=1))
     png = plot_bars(out / "judge_bias.png", [r["variant"] for r in results],
                     {"pass@1": [r["pass@1"] for r in results], "pass@8": [r["pass@8"] for r in results],
-                     "known-wrong share of kept": [(r["wrong_let_through"] or 0) / r["kept"] for r in results]},
+                     "known-wrong share of kept": [_share(r) for r in results]},
                     [r["mean_tokens"] for r in results], "Judge-bias ablation: one student per correctness filter")
-    md = (f"**Reading:** {reading(results)}\n\n{render(results)}\n\n"
+    seeds = results[0].get("seeds", 1) if results else 1
+    paired = f"\n\n{readings_block(list(comparisons))}" if comparisons else ""
+    md = (f"**Reading:** {reading(results, comparisons)}\n\n{render(results)}{paired}\n\n"
           "Known-wrong = traces whose embedded teacher made an uncorrected mistake (exact, not a verdict). "
-          f"Same teacher traces, same training steps and test problems for every student. "
-          f"Wall time: {sum(timings.values()):.0f} s.")
-    log.info("judge-bias: %s", reading(results))
+          f"Same teacher traces, same training steps and test problems for every student; {seeds} "
+          f"seed{'s' if seeds != 1 else ''} per student (cells: mean over seeds ± seed SD [95% CI over problems and "
+          f"seeds]). Wall time: {sum(timings.values()):.0f} s.")
+    log.info("judge-bias: %s", reading(results, comparisons))
     return write_section_file(out / "judge_bias_section.json", "Judge-bias ablation", md, [png])
+

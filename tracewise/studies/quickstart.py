@@ -21,9 +21,9 @@ from tracewise.core.config import doc
 from tracewise.data.sources import ProblemsConfig
 from tracewise.core.logs import console
 from tracewise.core.threads import THREADS_HELP, resolve_threads
-from tracewise.evaluate.metrics import read_summary, write_summary
-from tracewise.evaluate.replicates import combine_rows, problem_table, seed_list
-from tracewise.core.records import Sample, read_records
+from tracewise.evaluate.metrics import write_summary
+from tracewise.core.seeds import resolve_seeds, seeds_field
+from tracewise.evaluate.replicates import combine_runs
 from tracewise.train import sft
 from tracewise.studies.common import TrainSettings, train_and_eval
 from tracewise.world import init_stage
@@ -64,16 +64,13 @@ class QuickstartConfig:
     parallel: int = doc("Students trained at once (separate processes, threads/parallel torch threads each).", 2)
     threads: int = doc(THREADS_HELP, 0)
     seed: int = doc("Seed for the world's teacher traces and the mix, and the first replicate's training and sampling.", 0)
-    seeds: int | list[int] = doc("Replicates: a count N (seeds seed … seed+N-1; seeds=3 for a headline with seed "
-                                 "intervals) or an explicit list. A replicate retrains every student with its own data "
-                                 "order and evaluates it with its own sampling seed; the base student, the teacher "
-                                 "traces and the curated datasets are shared, so replicates measure training and "
-                                 "sampling noise, not a new world.", 1)
+    seeds: int | list[int] = seeds_field(
+        "A replicate retrains every student with its own data order and evaluates it with its own sampling seed; "
+        "the base student, the teacher traces and the curated datasets are shared, so replicates measure training "
+        "and sampling noise, not a new world.")
 
     def seed_values(self) -> list[int]:
-        if isinstance(self.seeds, int) and not isinstance(self.seeds, bool):
-            return seed_list(self.seeds) if self.seeds < 1 else [self.seed + i for i in range(self.seeds)]
-        return seed_list(self.seeds)
+        return resolve_seeds(self.seed, self.seeds)
 
     def validate(self) -> None:
         if len({t.style for t in self.teachers}) != len(self.teachers) or len(self.teachers) < 2:
@@ -171,11 +168,7 @@ def run(cfg: QuickstartConfig) -> Path:
 
 def _replicate_summary(out: Path, names: list[str], seeds: list[int], evals: dict) -> Path:
     """One row per student over all seeds: means, seed SD and hierarchical-bootstrap intervals."""
-    rows = []
-    for name in names:
-        per_seed = [read_summary(evals[(sd, name)] / "summary.json")[0] for sd in seeds]
-        tables = [problem_table(read_records(evals[(sd, name)] / "samples.jsonl", Sample)) for sd in seeds]
-        rows.append(combine_rows(per_seed, tables))
+    rows = combine_runs([[evals[(sd, name)] for name in names] for sd in seeds])
     return write_summary(out / "replicates" / "summary.json", rows)
 
 

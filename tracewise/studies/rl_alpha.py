@@ -14,11 +14,15 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from tracewise.backends.base import SamplingParams
 from tracewise.core.config import build, doc
 from tracewise.data.sources import ProblemsConfig
+from tracewise.core.seeds import Replicated, seeds_field
 from tracewise.core.threads import THREADS_HELP
+from tracewise.evaluate.replicates import Comparison, mean_values
+from tracewise.studies.replicated import Replicates
 from tracewise.world.problems import WorldConfig
 
 log = logging.getLogger(__name__)
@@ -35,8 +39,10 @@ def _rl_defaults() -> dict:
 
 
 @dataclass
-class RLAlphaConfig:
+class RLAlphaConfig(Replicated):
     """Sweep the Arora–Zanette α on one SFT student (``tracewise study rl-alpha``)."""
+
+    SEED = "eval_sampling.seed"  # replicates count from the eval's sampling seed
 
     out: str = doc("Where the RL and eval run dirs go (default: the quickstart dir beside the student).", "", hash=False)
     quickstart: str = doc("A quickstart run dir; its SFT student named `student` is the starting policy.",
@@ -50,6 +56,11 @@ class RLAlphaConfig:
                                         factory=lambda: ProblemsConfig(split="test", world=_quickstart_world()))
     eval_sampling: SamplingParams = doc("Eval sampling (default: the quickstart's, 8 samples at T=0.6, 400 tokens).",
                                         factory=lambda: SamplingParams(n=8, temperature=0.6, max_tokens=400, seed=0))
+    seeds: int | list[int] = seeds_field(
+        "With several seeds, replicate s trains every α's `train rl` run with seed s (so rl.seed is refused) from "
+        "the SFT student trained with seed s when the quickstart trained several (else its one student) and "
+        "evaluates it with sampling seed s; one seed keeps rl.seed and eval_sampling.seed as given. Rows are means "
+        "± seed SD [hierarchical 95% CI]; the reading's α is compared with α = 0 by paired intervals.")
     target_token_cut: float = doc("Token saving the reading tests for, as a fraction of α=0's tokens.", 0.30)
     max_pass1_drop: float = doc("Largest pass@1 loss vs α=0 (points) the reading accepts.", 2.0)
     section: str = doc("Section JSON path (default <out>/sections/rl_length_penalty.json).", "", hash=False)
@@ -70,29 +81,46 @@ class RLAlphaConfig:
         if not 0 < self.target_token_cut < 1 or self.max_pass1_drop < 0:
             raise ValueError("study.rl_alpha: target_token_cut must be in (0, 1) and max_pass1_drop >= 0")
         self.eval_problems.validate()
+        self.validate_seeds("study.rl_alpha")
+        if len(self.seed_values()) > 1 and "seed" in self.rl:
+            raise ValueError("study.rl_alpha.rl.seed: with several seeds each replicate's RL seed is its own; "
+                             "drop rl.seed (or use seeds=1)")
         for alpha in self.alphas:  # every run's config is checked before the first one trains
             self.rl_config(alpha, self.model or "gpt2")
 
-    def start_model(self) -> str:
-        """The SFT student's model dir: ``model``, or the one quickstart run labelled ``student``."""
+    def start_models(self) -> list[str]:
+        """The SFT student's model dir per replicate seed: ``model``, or the quickstart run labelled ``student``
+        (the one of seed s when the quickstart trained several seeds; exactly one run per seed)."""
+        seeds = self.seed_values()
         if self.model:
-            return self.model
+            return [self.model] * len(seeds)
+        import yaml
+
         root = Path(self.quickstart)
         found = sorted(d for d in root.glob("sft-*") if (d / "DONE").exists() and (d / "experiment.txt").is_file()
                        and (d / "experiment.txt").read_text().strip() == self.student)
-        if len(found) != 1:
+        by_seed: dict = {}
+        for d in found:
+            by_seed.setdefault(yaml.safe_load((d / "config.yaml").read_text()).get("seed"), []).append(d)
+        several = len(by_seed) > 1
+        picks = [by_seed.get(s, []) if several else found for s in seeds]
+        if not all(len(p) == 1 for p in picks):
             where = [d.name for d in found] or "none"
-            raise ValueError(f"study.rl_alpha: expected one finished SFT run labelled {self.student!r} in {root} "
-                             f"(found: {where}); run `tracewise quickstart --out {root}` or set model=")
-        return str(found[0] / "model")
+            raise ValueError(f"study.rl_alpha: expected one finished SFT run labelled {self.student!r}"
+                             + (f" per seed {seeds}" if several else "") + f" in {root} (found: {where}); run "
+                             f"`tracewise quickstart --out {root}` or set model=")
+        return [str(p[0] / "model") for p in picks]
 
     def out_dir(self) -> str:
         return self.out or (str(Path(self.model).parent.parent) if self.model else self.quickstart)
 
-    def rl_config(self, alpha: float, model: str):
+    def rl_config(self, alpha: float, model: str, seed: int | None = None):
+        """The ``train rl`` config of one α; ``seed`` (a replicate of several) sets its RL seed."""
         from tracewise.train.rl import RLRunConfig
 
         settings = json.loads(json.dumps(self.rl))  # deep copy
+        if seed is not None and len(self.seed_values()) > 1:
+            settings["seed"] = seed
         specs = settings.setdefault("rewards", _rl_defaults()["rewards"])
         for spec in specs:
             if spec.get("name") == "arora_zanette":
@@ -102,14 +130,22 @@ class RLAlphaConfig:
                                    "experiment": f"{self.student}-rl-a{alpha:g}"}, "study.rl_alpha.rl")
 
 
-def _evaluate(cfg: RLAlphaConfig, label: str, model: str) -> dict:
+def _evaluate(cfg: RLAlphaConfig, label: str, models: list[str]) -> list[Path]:
+    """``models[i]`` evaluated with sampling seed ``seeds[i]``; returns the eval run dirs."""
+    from dataclasses import replace
+
     from tracewise import evaluate
 
-    run_dir = evaluate.run(evaluate.EvalConfig(out=cfg.out_dir(), experiment=label, model=model,
-                                               problems=cfg.eval_problems, sampling=cfg.eval_sampling,
-                                               threads=cfg.threads))
-    row = json.loads((run_dir / "summary.json").read_text())["rows"][0]
-    return {**row, **_group_mix(run_dir / "samples.jsonl")}
+    return [evaluate.run(evaluate.EvalConfig(out=cfg.out_dir(), experiment=label, model=model,
+                                             problems=cfg.eval_problems, sampling=replace(cfg.eval_sampling, seed=seed),
+                                             threads=cfg.threads))
+            for model, seed in zip(models, cfg.seed_values())]
+
+
+def _row(reps: Replicates, label: str) -> dict:
+    """The label's row over seeds, with its group mix (mean over seeds)."""
+    mixes = [_group_mix(d / "samples.jsonl") for d in reps.runs[label]]
+    return {**reps.row(label), **{k: mean_values([m[k] for m in mixes]) for k in mixes[0]}}
 
 
 def _group_mix(samples_path: Path) -> dict:
@@ -140,46 +176,65 @@ def run(cfg: RLAlphaConfig) -> Path:
     from tracewise.train import rl
 
     cfg.validate()
-    model = cfg.start_model()
-    if not Path(model).exists():
-        raise ValueError(f"study.rl_alpha: starting model {model} not found")
-    rl_cfgs = {a: cfg.rl_config(a, model) for a in cfg.alphas}  # all validated before anything trains
-    rows = [{"alpha": None, "label": f"{cfg.student} (SFT, no RL)", **_evaluate(cfg, cfg.student, model)}]
-    for alpha, rl_cfg in rl_cfgs.items():
-        run_dir = rl.run(rl_cfg)
-        row = _evaluate(cfg, rl_cfg.experiment, str(rl.model_dir(run_dir)))
-        rows.append({"alpha": float(alpha), "label": f"α = {alpha:g}", "rl_dir": str(run_dir), **row,
-                     **_train_stats(run_dir)})
-        log.info("rl-alpha: α=%g pass@1 %.3f mean tokens %.1f", alpha, row["pass@1"], row["mean_tokens"])
+    starts = cfg.start_models()
+    for model in dict.fromkeys(starts):
+        if not Path(model).exists():
+            raise ValueError(f"study.rl_alpha: starting model {model} not found")
+    seeds = cfg.seed_values()
+    rl_cfgs = {a: [cfg.rl_config(a, m, s) for m, s in zip(starts, seeds)] for a in cfg.alphas}  # all validated first
+    runs = {cfg.student: _evaluate(cfg, cfg.student, starts)}
+    rl_dirs = {}
+    for alpha, per_seed in rl_cfgs.items():
+        rl_dirs[alpha] = [rl.run(c) for c in per_seed]
+        runs[per_seed[0].experiment] = _evaluate(cfg, per_seed[0].experiment, [str(rl.model_dir(d))
+                                                                               for d in rl_dirs[alpha]])
+    reps = Replicates(runs)
+    rows = [{"alpha": None, "label": f"{cfg.student} (SFT, no RL)", "experiment": cfg.student,
+             **_row(reps, cfg.student)}]
+    for alpha, per_seed in rl_cfgs.items():
+        row = _row(reps, per_seed[0].experiment)
+        stats = [_train_stats(d) for d in rl_dirs[alpha]]
+        rows.append({"alpha": float(alpha), "label": f"α = {alpha:g}", "rl_dir": str(rl_dirs[alpha][0]),
+                     "rl_dirs": [str(d) for d in rl_dirs[alpha]], **row,
+                     **{k: mean_values([st[k] for st in stats]) for k in stats[0]}})
+        log.info("rl-alpha: α=%g pass@1 %.3f mean tokens %.1f (%d seed(s))", alpha, row["pass@1"], row["mean_tokens"],
+                 len(seeds))
     rows[1:] = sorted(rows[1:], key=lambda r: r["alpha"])  # the run order may put informative α first
+    pick = chosen(rows, cfg.target_token_cut, cfg.max_pass1_drop)
+    ref = next(r for r in rows if r["alpha"] == 0.0)
+    comparisons = [] if pick is None else reps.compare(ref["experiment"], pick["experiment"])
     section = Path(cfg.section or Path(cfg.out_dir()) / "sections" / "rl_length_penalty.json")
-    write_section(cfg, rows, section)
+    write_section(cfg, rows, section, comparisons)
     return section
 
 
-def reading(rows: list[dict], token_cut: float = 0.30, max_drop: float = 2.0) -> str:
-    """One line, computed from the numbers: does some α cut tokens by ``token_cut`` at ≤ ``max_drop`` points?"""
+def chosen(rows: list[dict], token_cut: float = 0.30, max_drop: float = 2.0) -> dict | None:
+    """The α row the reading reports: the largest token cut among those that hold, else the largest cut."""
     ref = next(r for r in rows if r["alpha"] == 0.0)
-    hits, best = [], None
-    for r in rows:
-        if not r["alpha"]:
-            continue
-        cut = 1 - r["mean_tokens"] / ref["mean_tokens"]
-        drop = 100 * (ref["pass@1"] - r["pass@1"])
-        if best is None or cut > best[1]:
-            best = (r["alpha"], cut, drop)
-        if cut >= token_cut - 1e-9 and drop <= max_drop + 1e-9:  # 0.40 - 0.37 is 3.0000000000000027 points
-            hits.append((r["alpha"], cut, drop))
-    if hits:
-        a, cut, drop = max(hits, key=lambda h: h[1])
-        return (f"**Holds:** α = {a:g} uses {cut:.0%} fewer tokens than α = 0 ({ref['mean_tokens']:.0f} tokens) with "
-                f"pass@1 {-drop:+.1f} points (target: ≥{token_cut:.0%} fewer, within {max_drop:g} points).")
-    if best is None:
+    scored = [(1 - r["mean_tokens"] / ref["mean_tokens"], 100 * (ref["pass@1"] - r["pass@1"]), r)
+              for r in rows if r["alpha"]]
+    # 0.40 - 0.37 is 3.0000000000000027 points: compare with a tolerance
+    hits = [x for x in scored if x[0] >= token_cut - 1e-9 and x[1] <= max_drop + 1e-9]
+    pool = hits or scored
+    return max(pool, key=lambda x: x[0])[2] if pool else None
+
+
+def reading(rows: list[dict], token_cut: float = 0.30, max_drop: float = 2.0,
+            comparisons: Sequence[Comparison] = ()) -> str:
+    """One line, computed from the numbers: does some α cut tokens by ``token_cut`` at ≤ ``max_drop`` points?
+    With ``comparisons`` (α = 0 vs the reported α, paired) it says whether each difference is distinguishable."""
+    ref = next(r for r in rows if r["alpha"] == 0.0)
+    pick = chosen(rows, token_cut, max_drop)
+    if pick is None:
         return "Only α = 0 was run: nothing to compare."
-    a, cut, drop = best
+    a, cut, drop = pick["alpha"], 1 - pick["mean_tokens"] / ref["mean_tokens"], 100 * (ref["pass@1"] - pick["pass@1"])
+    paired = "".join(f" Paired: {c.reading()}" for c in sorted(comparisons, key=lambda c: c.metric != "token_ratio"))
+    if cut >= token_cut - 1e-9 and drop <= max_drop + 1e-9:
+        return (f"**Holds:** α = {a:g} uses {cut:.0%} fewer tokens than α = 0 ({ref['mean_tokens']:.0f} tokens) with "
+                f"pass@1 {-drop:+.1f} points (target: ≥{token_cut:.0%} fewer, within {max_drop:g} points).{paired}")
     return (f"**Does not hold:** no α gives ≥{token_cut:.0%} fewer tokens than α = 0 ({ref['mean_tokens']:.0f} tokens) "
             f"with pass@1 within {max_drop:g} points; the largest cut is {cut:.0%} at α = {a:g} "
-            f"(pass@1 {-drop:+.1f} points).")
+            f"(pass@1 {-drop:+.1f} points).{paired}")
 
 
 def _signal_note(rows: list[dict]) -> str:
@@ -187,7 +242,7 @@ def _signal_note(rows: list[dict]) -> str:
     start = rows[0]
     ref = next(r for r in rows if r["alpha"] == 0.0)
     return (f"Length signal available: the starting student solves {start['all_correct_frac']:.0%} of held-out "
-            f"problems in all {start['n_samples'] // max(1, start['n'])} samples (groups where the penalty is the whole "
+            f"problems in all {start['n_samples'] // max(1, start['n'] * start.get('seeds', 1))} samples (groups where the penalty is the whole "
             f"advantage) and {start['two_plus_correct_frac']:.0%} in ≥ 2 (where it is added to the correct-vs-wrong "
             f"gap); RL on correctness alone (α = 0) moved tokens {ref['mean_tokens'] / start['mean_tokens'] - 1:+.0%} "
             f"and pass@1 {100 * (ref['pass@1'] - start['pass@1']):+.1f} points from the SFT start.")
@@ -197,7 +252,13 @@ def _fmt(v, spec: str) -> str:
     return "–" if v is None else format(v, spec)
 
 
-def write_section(cfg: RLAlphaConfig, rows: list[dict], path: Path) -> Path:
+def _sd(row: dict, metric: str, digits: int) -> str:
+    """The mean, ± the seed SD when there are several seeds."""
+    sd = (row.get("sd") or {}).get(metric)
+    return f"{row[metric]:.{digits}f}" + ("" if sd is None else f" ± {sd:.{digits}f}")
+
+
+def write_section(cfg: RLAlphaConfig, rows: list[dict], path: Path, comparisons: Sequence[Comparison] = ()) -> Path:
     """Table + plot + reading as a report section file (``tracewise report section_files=[...]``)."""
     from tracewise.report.sections import write_section_file
 
@@ -205,7 +266,8 @@ def write_section(cfg: RLAlphaConfig, rows: list[dict], path: Path) -> Path:
     lines = [f"Arora–Zanette reward r = 1[correct]·(1 − α·σ(z(length))) with `train rl` "
              f"({rows[1].get('steps')} steps each) from the {cfg.student} SFT student; eval: "
              f"{cfg.eval_sampling.n} samples/problem at T = {cfg.eval_sampling.temperature:g}, "
-             f"{ref['n']} held-out problems. Tokens are student-tokenizer tokens per sample.", "",
+             f"{ref['n']} held-out problems, {ref.get('seeds', 1)} seed(s) (mean ± seed SD). Tokens are "
+             f"student-tokenizer tokens per sample.", "",
              "| policy | mean tokens | Δ tokens vs α=0 | pass@1 | pass@1 95% CI | pass@8 | train length first→last | KL (last) |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
@@ -213,10 +275,10 @@ def write_section(cfg: RLAlphaConfig, rows: list[dict], path: Path) -> Path:
         delta = "–" if r["alpha"] is None else f"{r['mean_tokens'] / ref['mean_tokens'] - 1:+.0%}"
         train = ("–" if r.get("train_len_first") is None
                  else f"{r['train_len_first']:.0f} → {r['train_len_last']:.0f}")
-        lines.append(f"| {r['label']} | {r['mean_tokens']:.1f} | {delta} | {r['pass@1']:.3f} | "
+        lines.append(f"| {r['label']} | {_sd(r, 'mean_tokens', 1)} | {delta} | {_sd(r, 'pass@1', 3)} | "
                      f"[{_fmt(ci[0], '.3f')}, {_fmt(ci[1], '.3f')}] | {r['pass@8']:.3f} | {train} | "
                      f"{_fmt(r.get('kl_last'), '.4f')} |")
-    lines += ["", reading(rows, cfg.target_token_cut, cfg.max_pass1_drop), "", _signal_note(rows)]
+    lines += ["", reading(rows, cfg.target_token_cut, cfg.max_pass1_drop, comparisons), "", _signal_note(rows)]
     image = path.with_suffix(".png")
     _plot(rows, image)
     (path.with_name(path.stem + "_rows.json")).write_text(json.dumps(rows, indent=1, default=str))

@@ -28,10 +28,11 @@ from tracewise import evaluate, generate
 from tracewise.verify import stage as verify_stage
 from tracewise.backends.base import SamplingParams
 from tracewise.core.config import doc
-from tracewise.evaluate.metrics import read_summary
 from tracewise.data.sources import ProblemsConfig, load_problems
 from tracewise.core.records import Problem, Sample, Trace, Verdict, read_records
+from tracewise.core.seeds import Replicated, seeds_field
 from tracewise.studies.common import TrainSettings
+from tracewise.studies.replicated import Replicates, per_seed, stats
 from tracewise.core.threads import THREADS_HELP, use_threads
 from tracewise.world.domains import get_domain
 from tracewise.world.problems import WorldConfig, generate_problems
@@ -124,7 +125,7 @@ class SmallTrain(TrainSettings):
 
 
 @dataclass
-class TransferConfig:
+class TransferConfig(Replicated):
     """Other domains and the transferability index (``tracewise study transfer``)."""
 
     out: str = doc("Output directory (stage run dirs, transfer.json, transfer.png, transfer_section.json).",
@@ -145,7 +146,12 @@ class TransferConfig:
     eval_samples: int = doc("Samples per test problem.", 8)
     eval_temperature: float = doc("Sampling temperature at evaluation.", 0.6)
     eval_max_tokens: int = doc("Max new tokens per sample (the quickstart eval uses 400).", 400)
-    seed: int = doc("Seed for generation, training and sampling.", 0)
+    seed: int = doc("Seed for the teachers' traces, and the first replicate's training and sampling.", 0)
+    seeds: int | list[int] = seeds_field(
+        "A replicate evaluates every model with sampling seed s; students trained here are trained with seed s, and "
+        "from_run gives replicate s the student trained with seed s when the quickstart trained several seeds "
+        "(else its one student, sampled per seed). The procedural teachers are shared. Accuracies are means "
+        "over seeds with hierarchical intervals; ΔR vs base is a paired interval.")
     threads: int = doc(THREADS_HELP, 1, hash=False)
 
     def validate(self) -> None:
@@ -168,32 +174,36 @@ class TransferConfig:
         if self.eval_samples < 1 or self.eval_max_tokens < 1 or self.min_ratio <= 0 or self.parity_points < 0:
             raise ValueError("transfer: eval_samples, eval_max_tokens, min_ratio must be positive, parity_points >= 0")
         self.world.validate()
+        self.validate_seeds("transfer")
 
 
 # ---------------------------------------------------------------- students
 
 
-def find_students(run: str | Path, names: list[str]) -> tuple[str, dict[str, str]]:
-    """``(base model, {name: model})`` from a finished run's ``sft-*`` dirs (their DONE + config.yaml)."""
+def find_students(run: str | Path, names: list[str], seeds: list[int] = (0,)) -> tuple[str, dict[str, list[str]]]:
+    """``(base model, {name: model per replicate seed})`` from a finished run's ``sft-*`` dirs (DONE +
+    config.yaml): the newest run of each student, or of each seed when the run trained several
+    (``replicated.per_seed``)."""
     import yaml
 
-    found: dict[str, list[tuple[float, str, str]]] = {}
+    found: dict[str, list[tuple[int | None, float, tuple[str, str]]]] = {}
     for d in Path(run).glob("sft-*"):
         if not (d / "DONE").exists():
             continue
         cfg = yaml.safe_load((d / "config.yaml").read_text())
-        found.setdefault(cfg["experiment"], []).append(((d / "DONE").stat().st_mtime, str(d / "model"), cfg["model"]))
+        found.setdefault(cfg["experiment"], []).append((cfg.get("seed"), (d / "DONE").stat().st_mtime,
+                                                        (str(d / "model"), cfg["model"])))
     missing = [n for n in names if n not in found]
     if missing:
         raise ValueError(f"{run}: no finished sft run for {missing}; found {sorted(found)}")
-    chosen = {n: max(found[n]) for n in names}  # the newest run of each experiment
-    bases = {b for _t, _m, b in chosen.values()}
+    chosen = {n: per_seed(found[n], list(seeds), f"{run}: student {n!r}") for n in names}
+    bases = {b for runs in chosen.values() for _m, b in runs}
     if len(bases) != 1:
         raise ValueError(f"{run}: students {names} start from different base models {sorted(bases)}")
     base = bases.pop()
     if not Path(base).exists():
         raise ValueError(f"{run}: base model {base} not found (run from the directory the quickstart ran in)")
-    return base, {n: m for n, (_t, m, _b) in chosen.items()}
+    return base, {n: [m for m, _b in runs] for n, runs in chosen.items()}
 
 
 def _check_disjoint(run: str | Path, test: list[Problem]) -> None:
@@ -206,7 +216,7 @@ def _check_disjoint(run: str | Path, test: list[Problem]) -> None:
                              f"pool, e.g. {seen[0]}); use the quickstart's world (seed, n_test <= its n_test)")
 
 
-def train_students(cfg: TransferConfig) -> tuple[str, dict[str, str]]:
+def train_students(cfg: TransferConfig) -> tuple[str, dict[str, list[str]]]:
     """Small math-only students through the ordinary stages (init-student → generate → verify → curate → sft)."""
     from tracewise import curate
     from tracewise.train import sft
@@ -224,10 +234,10 @@ def train_students(cfg: TransferConfig) -> tuple[str, dict[str, str]]:
     ver = verify_stage.run(verify_stage.VerifyConfig(out=cfg.out, generations=gens))
     cur = curate.run(curate.CurateConfig(out=cfg.out, generations=gens, verdicts=str(ver), filter="both", mix=False))
     models = {}
-    for name in cfg.students:
-        run_dir = sft.run(t.sft_config(cfg.out, name, base, str(curate.dataset_path(cur, name)), cfg.seed,
-                                       threads=cfg.threads))
-        models[name] = str(sft.model_dir(run_dir))
+    for name in cfg.students:  # one after another, each with cfg.threads
+        models[name] = [str(sft.model_dir(sft.run(t.sft_config(cfg.out, name, base, str(curate.dataset_path(cur, name)),
+                                                                seed, threads=cfg.threads))))
+                        for seed in cfg.seed_values()]
     return base, models
 
 
@@ -268,27 +278,39 @@ def teacher_level(cfg: TransferConfig, domain: str, tokenizer: str) -> dict:
     return out
 
 
-def student_level(cfg: TransferConfig, models: dict[str, str], domain: str) -> dict[str, dict]:
-    """Every model on the domain's test split: pass@1, mean tokens, answered fraction."""
+def student_level(cfg: TransferConfig, models: dict[str, list[str]], domain: str) -> tuple[dict[str, dict], list[dict]]:
+    """Every model (one per replicate seed, sampled with that seed) on the domain's test split: pass@1 and mean
+    tokens over seeds (sd, ci95), answered fraction; and each student's paired gain over ``base``."""
     problems = ProblemsConfig(source="world", split="test", world=replace(cfg.world, domain=domain))
-    sampling = SamplingParams(n=cfg.eval_samples, temperature=cfg.eval_temperature, max_tokens=cfg.eval_max_tokens,
-                              seed=cfg.seed)
     # Number answers (positions, counts, items, sums) can be hit by a student that merely learned to
     # write a number; names and lists cannot. Splitting accuracy by answer kind separates "learned
     # the answer format" from "learned to solve the domain".
     numeric = {p.id: p.answer.strip().lstrip("-").isdigit() for p in load_problems(problems)}
+    runs = {}
+    for name, per_seed_models in models.items():
+        runs[name] = [evaluate.run(evaluate.EvalConfig(
+            out=cfg.out, experiment=name, model=model, problems=problems, benchmark=f"world-{domain}",
+            sampling=SamplingParams(n=cfg.eval_samples, temperature=cfg.eval_temperature,
+                                    max_tokens=cfg.eval_max_tokens, seed=seed), threads=cfg.threads))
+            for model, seed in zip(per_seed_models, cfg.seed_values())]
+    reps = Replicates(runs)
     out = {}
-    for name, model in models.items():
-        run_dir = evaluate.run(evaluate.EvalConfig(out=cfg.out, experiment=name, model=model, problems=problems,
-                                                   benchmark=f"world-{domain}", sampling=sampling, threads=cfg.threads))
-        row = read_summary(Path(run_dir) / "summary.json")[0]
-        samples = read_records(Path(run_dir) / "samples.jsonl", Sample)
-        out[name] = {"pass@1": row["pass@1"], "mean_tokens": row["mean_tokens"],
-                     "answered": sum(s.reason not in ("no_answer", "truncated") for s in samples) / len(samples)}
+    for name, dirs in runs.items():
+        row = reps.row(name)
+        per_seed_samples = [read_records(Path(d) / "samples.jsonl", Sample) for d in dirs]
+        out[name] = {"pass@1": row["pass@1"], "mean_tokens": row["mean_tokens"], **stats(row),
+                     "answered": _mean([sum(s.reason not in ("no_answer", "truncated") for s in samples) / len(samples)
+                                        for samples in per_seed_samples])}
         for kind, want in (("number", True), ("symbolic", False)):
-            group = [s.correct for s in samples if numeric[s.problem_id] == want]
-            out[name][f"pass@1_{kind}"] = sum(group) / len(group) if group else None
-    return out
+            groups = [[s.correct for s in samples if numeric[s.problem_id] == want] for samples in per_seed_samples]
+            out[name][f"pass@1_{kind}"] = _mean([sum(g) / len(g) for g in groups]) if all(groups) else None
+    gains = [{**c.to_dict(), "domain": domain} for name in models if name != "base"
+             for c in reps.compare(name, "base", metrics=("pass@1",)) if c.metric == "pass@1"]
+    return out, gains
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs)
 
 
 def run(cfg: TransferConfig) -> Path:
@@ -301,20 +323,23 @@ def run(cfg: TransferConfig) -> Path:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.from_run:
-        base, students = find_students(cfg.from_run, cfg.students)
+        base, students = find_students(cfg.from_run, cfg.students, cfg.seed_values())
         _check_disjoint(cfg.from_run, generate_problems(replace(cfg.world, domain=cfg.math_domain), "test"))
     else:
         base, students = train_students(cfg)
-    models = {"base": base, **students}
+    models = {"base": [base] * len(cfg.seed_values()), **students}
     teachers = [teacher_level(cfg, d, base) for d in cfg.domains]
-    evals = {d: student_level(cfg, models, d) for d in cfg.domains}
+    levels = {d: student_level(cfg, models, d) for d in cfg.domains}
+    evals = {d: level[0] for d, level in levels.items()}
     acc = {m: {d: evals[d][m]["pass@1"] for d in cfg.domains} for m in models}
     ti = ti_table(acc, "base", list(students), cfg.math_domain, cfg.relative_gain)
     result = {"config": {"from_run": cfg.from_run, "students": cfg.students, "domains": cfg.domains,
                          "min_ratio": cfg.min_ratio, "parity_points": cfg.parity_points,
                          "relative_gain": cfg.relative_gain, "n_test": cfg.world.n_test,
-                         "n_teacher_problems": cfg.world.n_train, "eval_samples": cfg.eval_samples},
+                         "n_teacher_problems": cfg.world.n_train, "eval_samples": cfg.eval_samples,
+                         "seeds": cfg.seed_values()},
               "teachers": teachers, "students": evals, "ti": [asdict(r) for r in ti],
+              "gains": [g for d in cfg.domains for g in levels[d][1]],
               "seconds": round(time.time() - t0, 1)}
     (out / "transfer.json").write_text(json.dumps(result, indent=1))
     section = write_report(result, out, cfg.math_domain)

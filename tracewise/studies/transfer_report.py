@@ -29,15 +29,31 @@ def teacher_table(teachers: list[dict], min_ratio: float, parity_points: float) 
     return "\n".join(lines)
 
 
+def _pct_cell(e: dict) -> str:
+    """pass@1 in %: mean over seeds, ± seed SD with several seeds, [95% CI] when known."""
+    sd, ci = (e.get("sd") or {}).get("pass@1"), (e.get("ci95") or {}).get("pass@1")
+    return (_pct(e["pass@1"]) + (f" ± {100 * sd:.1f}" if sd is not None else "")
+            + (f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else ""))
+
+
+def _gain_cell(e: dict, base: dict, gain: dict | None) -> str:
+    """ΔR in points: the paired estimate with its 95% interval when computed, else the plain difference."""
+    if gain is None:
+        return f"{100 * (e['pass@1'] - base['pass@1']):+.1f}"
+    lo, hi = gain["ci95"]
+    return f"{100 * gain['estimate']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+
+
 def student_table(result: dict, math_domain: str) -> str:
     evals, ti = result["students"], {(r["student"], r["domain"]): r for r in result["ti"]}
+    gains = {(g["a"], g["domain"]): g for g in result.get("gains", [])}
     models = list(next(iter(evals.values())))
-    lines = ["| model | domain | pass@1 % | ΔR vs base (pts) | on number answers % | on name/list answers % | "
+    lines = ["| model | domain | pass@1 % | ΔR vs base (pts) [95% CI] | on number answers % | on name/list answers % | "
              "answered % | mean tokens | TI |", "|---|---|---|---|---|---|---|---|---|"]
     for m in models:
         for d, per_model in evals.items():
             e, base = per_model[m], per_model["base"]
-            gain = "–" if m == "base" else f"{100 * (e['pass@1'] - base['pass@1']):+.1f}"
+            gain = "–" if m == "base" else _gain_cell(e, base, gains.get((m, d)))
             if m == "base":
                 ti_cell = "–"
             elif d == math_domain:
@@ -45,7 +61,7 @@ def student_table(result: dict, math_domain: str) -> str:
             else:
                 r = ti[(m, d)]
                 ti_cell = f"{r['ti']:+.1f}" if r["ti"] is not None else f"n/a ({r['note']})"
-            lines.append(f"| {m} | {d} | {_pct(e['pass@1'])} | {gain} | {_pct(e.get('pass@1_number'))} | "
+            lines.append(f"| {m} | {d} | {_pct_cell(e)} | {gain} | {_pct(e.get('pass@1_number'))} | "
                          f"{_pct(e.get('pass@1_symbolic'))} | {_pct(e['answered'], 0)} | "
                          f"{e['mean_tokens']:.0f} | {ti_cell} |")
     return "\n".join(lines)
@@ -92,7 +108,24 @@ def reading(result: dict, math_domain: str) -> str:
         parts.append(f"On name/list answers the students reach up to {100 * max(symbolic):.1f}%.")
     if undefined:
         parts.append(f"TI undefined for {len(undefined)} student×domain pairs ({undefined[0]['note']}).")
-    return " ".join(parts)
+    return " ".join(parts + gain_readings(result.get("gains", []), math_domain))
+
+
+def gain_readings(gains: list[dict], math_domain: str) -> list[str]:
+    """What the paired ΔR intervals support: how many gains outside math are distinguishable from zero, and
+    whose math gain (TI's denominator) is not, so that their TI is no finding."""
+    if not gains:
+        return []
+    g0 = gains[0]
+    size = f"{g0['n_problems']} problems × {g0['seeds']} seed{'s' if g0['seeds'] != 1 else ''}"
+    other = [g for g in gains if g["domain"] != math_domain]
+    out = [f"Paired ΔR vs base ({size}): distinguishable from zero in {sum(g['distinguishable'] for g in other)}"
+           f"/{len(other)} student×domain cells outside {math_domain}."]
+    flat = [g["a"] for g in gains if g["domain"] == math_domain and not g["distinguishable"]]
+    if flat:
+        out.append(f"ΔR_{math_domain} of {', '.join(flat)} is not distinguishable from zero at this size ({size}), "
+                   f"so {'its' if len(flat) == 1 else 'their'} TI is not a finding.")
+    return out
 
 
 def plot(result: dict, path: Path, math_domain: str) -> Path:
@@ -142,7 +175,8 @@ def write_report(result: dict, out: Path, math_domain: str) -> Path:
         f"(tokens in the student tokenizer; accuracy by math-verify; Δ = r1 − gpt-oss, paired).",
         teacher_table(result["teachers"], cfg["min_ratio"], cfg["parity_points"]),
         f"Students trained on **{math_domain} only** vs their starting model (base), "
-        f"{cfg['n_test']} held-out problems per domain × {cfg['eval_samples']} samples. "
+        f"{cfg['n_test']} held-out problems per domain × {cfg['eval_samples']} samples × "
+        f"{len(cfg.get('seeds', [0]))} seed(s) (pass@1: mean ± seed SD [95% CI over problems and seeds]). "
         f"TI = ΔR_domain / ΔR_{math_domain} × 100 with ΔR the {gain}; "
         f"'answered' = samples with a parseable final answer.",
         student_table(result, math_domain),

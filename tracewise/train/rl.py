@@ -34,6 +34,7 @@ from tracewise.backends.vllm import VLLMConfig
 from tracewise.core.config import doc
 from tracewise.core.fingerprint import HUB_ID, model_input
 from tracewise.core.store import is_done, last_complete_checkpoint, mark_done, save_config, stage_dir
+from tracewise.core.seeds import Replicated, run_seeds as run_each, seeds_field
 from tracewise.core.threads import THREADS_HELP, use_threads
 from tracewise.data.sources import ProblemsConfig, load_problems
 from tracewise.train.common import checkpoint_step, prepare_trainer, restore_final_checkpoint, series
@@ -65,7 +66,7 @@ def _default_rewards() -> list[dict]:
 
 
 @dataclass
-class RLRunConfig:
+class RLRunConfig(Replicated):
     """RL from an SFT checkpoint with length-penalised rewards (``tracewise train rl``)."""
 
     out: str = doc("Root directory; the stage writes into <out>/rl-<hash>/ (final model in model/).", "runs", hash=False)
@@ -98,6 +99,9 @@ class RLRunConfig:
                                     f"{GRPO_DEFAULTS['scale_rewards']!r}, passed to TRL explicitly.", None)
     mask_truncated_completions: bool = doc("Leave truncated completions out of the loss (DAPO).", False)
     seed: int = doc("Seed for data order and sampling.", 0)
+    seeds: int | list[int] = seeds_field("`train rl` trains one run per seed, one after another, each the ordinary "
+                                         "run of seed=s (own run dir, cached and resumed alone): the seed varies the "
+                                         "prompt order and the sampled completions, nothing else.")
     logging_steps: int = doc("Log rewards and lengths every N steps.", 1, hash=False)
     save_steps: int = doc("Save a resumable checkpoint every N steps.", 10, hash=False)
     save_total_limit: int = doc("Keep only the newest N checkpoints.", 2, hash=False)
@@ -168,6 +172,7 @@ class RLRunConfig:
             raise ValueError("train.rl.use_vllm=true but vllm is not installed")
         self.problems.validate()
         check_report_to(self.report_to, "train.rl")
+        self.validate_seeds("train.rl")
 
 
 def model_dir(run_dir: str | Path) -> Path:
@@ -393,6 +398,7 @@ def run(cfg: RLRunConfig, callbacks: list | None = None) -> Path:
     import torch
 
     cfg.validate()
+    cfg.check_one_seed("train rl")
     from tracewise.core.model_files import resolve_model_file
 
     model_path = resolve_model_file(resolve_model(cfg.model))  # a GGUF file/package → its cached HF dir
@@ -445,6 +451,11 @@ def run(cfg: RLRunConfig, callbacks: list | None = None) -> Path:
              rewards[0] if rewards else float("nan"), rewards[-1] if rewards else float("nan"),
              lengths[0] if lengths else float("nan"), lengths[-1] if lengths else float("nan"))
     return run_dir
+
+
+def run_seeds(cfg: RLRunConfig) -> list[Path]:
+    """One ``run`` per seed of ``cfg.seeds`` (``tracewise train rl seeds=3``); returns their run dirs."""
+    return run_each(run, cfg)
 
 
 def _describe_reward(logs: dict) -> str | None:

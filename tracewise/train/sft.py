@@ -30,6 +30,7 @@ from pathlib import Path
 from tracewise.core.config import doc
 from tracewise.core.fingerprint import model_input
 from tracewise.core.model_files import with_resolved_model
+from tracewise.core.seeds import Replicated, run_seeds as run_each, seeds_field
 from tracewise.core.store import is_done, mark_done, save_config, stage_dir
 from tracewise.core.threads import THREADS_HELP, use_threads
 from tracewise.train.common import claim_run_dir, prepare_trainer, restore_final_checkpoint, series
@@ -55,7 +56,7 @@ class LoRASpec:
 
 
 @dataclass
-class SFTRunConfig:
+class SFTRunConfig(Replicated):
     """Fine-tune a causal LM on a curated dataset (``tracewise train sft``)."""
 
     out: str = doc("Root directory; the stage writes into <out>/sft-<hash>/ (final model in model/).", "runs", hash=False)
@@ -72,6 +73,9 @@ class SFTRunConfig:
     weight_decay: float = doc("AdamW weight decay.", 0.0)
     max_length: int = doc("Truncate examples to this many tokens.", 512)
     seed: int = doc("Seed for data order and dropout.", 0)
+    seeds: int | list[int] = seeds_field("`train sft` trains one run per seed, one after another, each the ordinary "
+                                         "run of seed=s (own run dir, cached and resumed alone): the seed varies the "
+                                         "data order and dropout, nothing else.")
     logging_steps: int = doc("Log the loss every N steps.", 10, hash=False)
     save_steps: int = doc("Save a resumable checkpoint every N steps.", 100, hash=False)
     batch_order: str = doc("Order of training examples: 'random' (uniform shuffle; use it for mixed datasets), "
@@ -142,6 +146,7 @@ class SFTRunConfig:
             raise ValueError("train.sft.qlora trains a LoRA on a 4-bit base: set lora.r > 0 (e.g. lora.r=16)")
         if self.model_dtype not in MODEL_DTYPES:
             raise ValueError(f"train.sft.model_dtype: expected one of {list(MODEL_DTYPES)}, got {self.model_dtype!r}")
+        self.validate_seeds("train.sft")
 
 
 def model_dir(run_dir: str | Path) -> Path:
@@ -324,6 +329,7 @@ def run(cfg: SFTRunConfig) -> Path:
     import torch
 
     cfg.validate()
+    cfg.check_one_seed("train sft")
     _check_hardware(cfg, torch.cuda.is_available())
     n_procs, main = world_size(), is_main_process()
     grad_accum = grad_accum_for(cfg, n_procs)
@@ -362,6 +368,11 @@ def run(cfg: SFTRunConfig) -> Path:
                  losses[0] if losses else float("nan"), losses[-1] if losses else float("nan"))
     trainer.accelerator.wait_for_everyone()  # no rank returns before the run dir is complete
     return run_dir
+
+
+def run_seeds(cfg: SFTRunConfig) -> list[Path]:
+    """One ``run`` per seed of ``cfg.seeds`` (``tracewise train sft seeds=3``); returns their run dirs."""
+    return run_each(run, cfg)
 
 
 def _save(cfg: SFTRunConfig, trainer, tokenizer, run_dir: Path, main: bool) -> None:
