@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from tracewise.train.sft import SFTRunConfig, model_dir, run
+from tracewise.train.sft import LoRASpec, SFTRunConfig, model_dir, run
 from conftest import save_pens_dataset
 
 
@@ -229,14 +229,15 @@ def test_completion_only_loss_masks_exactly_the_prompt(tmp_path, student_path):
 # ---------------------------------------------------------------- warnings, report_to
 
 
-def test_tiny_run_emits_no_library_warnings(tmp_path, student_path, tiny_dataset):
+@pytest.mark.parametrize("lora_r", [0, 4])
+def test_tiny_run_emits_no_library_warnings(tmp_path, student_path, tiny_dataset, lora_r):
     """pyproject's filterwarnings hides these in pytest; catch_warnings(record=True) + "always" sees them
     (transformers warned `gradient_checkpointing` is deprecated on every run, between progress bars)."""
     import warnings
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        run(_cfg(tmp_path, student_path, tiny_dataset, max_steps=2, save_steps=100))
+        run(_cfg(tmp_path, student_path, tiny_dataset, max_steps=2, save_steps=100, lora=LoRASpec(r=lora_r)))
     libs = ("transformers", "trl", "accelerate", "peft", "tracewise")
     bad = [f"{w.category.__name__} {w.filename}:{w.lineno}: {w.message}" for w in caught
            if issubclass(w.category, (FutureWarning, UserWarning, DeprecationWarning))

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import warnings
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -326,6 +327,14 @@ def run_dir_of(cfg: SFTRunConfig) -> Path:
 
 def run(cfg: SFTRunConfig) -> Path:
     """Train; resumable from the last checkpoint; returns the run dir (final model in ``model/``)."""
+    with warnings.catch_warnings():
+        # PEFT 0.21 and TRL 1.16 read model.is_gradient_checkpointing (wrapping, training, merging), which
+        # transformers 5.24 deprecated: a FutureWarning on every LoRA run that the user can do nothing about.
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        return _run(cfg)
+
+
+def _run(cfg: SFTRunConfig) -> Path:
     import torch
 
     cfg.validate()
