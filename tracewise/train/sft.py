@@ -359,8 +359,9 @@ def _run(cfg: SFTRunConfig) -> Path:
     resume = prepare_trainer(trainer, "sft", cfg.experiment or "sft", cfg.max_steps, _describe_loss if main else None,
                              ckpt_root)
     log.info("train sft [%s]: rank %d of %d: batch %d × grad_accum %d × %d process(es) = global batch %d, "
-             "batch order %s%s", cfg.experiment, trainer.args.process_index, n_procs, cfg.batch_size, grad_accum,
+             "batch order %s%s%s", cfg.experiment, trainer.args.process_index, n_procs, cfg.batch_size, grad_accum,
              n_procs, n_procs * cfg.batch_size * grad_accum, cfg.batch_order,
+             f" in {cfg.micro_batches} length-sorted micro-batches" if cfg.micro_batches > 1 else "",
              f", LoRA r={cfg.lora.r}" + (" on a 4-bit base" if cfg.qlora else "") if cfg.lora.r else "")
     if not restore_final_checkpoint(trainer, resume, cfg.max_steps):
         trainer.train(resume_from_checkpoint=resume)
