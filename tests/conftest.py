@@ -53,6 +53,21 @@ def student_tokenizer(student_path: str):
     return load_tokenizer(student_path)
 
 
+
+@pytest.fixture(scope="module")
+def backend(student_path: str):
+    """HFBackend on the tiny student, on CPU, one thread. Module-scoped, not session-scoped: tests patch
+    its methods (slow steps, spies), so each module gets a fresh one. (Modules that define their own
+    ``backend``, e.g. test_backend_hf.py, override it.) It lives here, not in tests/backends/conftest.py:
+    a second conftest module shadows this one for ``from conftest import ...`` in other test files."""
+    import torch
+
+    from tracewise.backends.hf import HFBackend
+
+    torch.set_num_threads(1)
+    return HFBackend(student_path, device="cpu")
+
+
 def save_pens_dataset(path: Path, repeats: int) -> str:
     """A tiny prompt/completion SFT dataset ("Ann has a pens" -> "<think>a+0=a.</think>Answer: a") on disk."""
     from datasets import Dataset
@@ -84,3 +99,17 @@ def backend_calls() -> list[tuple[str, str]]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(tracewise.backends, "get_backend", get_backend)
         yield calls
+
+
+# A child process that takes a run dir's lock (argv[1]) and holds it until the test closes its stdin: "another
+# process holds this run dir" without a second tracewise run.
+HOLD_LOCK = """
+import fcntl, os, sys
+os.makedirs(os.path.dirname(sys.argv[1]), exist_ok=True)
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.ftruncate(fd, 0)
+os.pwrite(fd, f"{os.getpid()}\\n".encode(), 0)
+print("locked", flush=True)
+sys.stdin.read()  # hold it until the test closes our stdin
+"""

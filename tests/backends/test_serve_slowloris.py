@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from live_server import free_port, uvicorn_in_thread
 from tracewise.backends.hf import HFBackend
 from tracewise.backends.serve import ServeLimits, build_app
 from tracewise.backends.serve_http import server_config
@@ -33,20 +34,10 @@ def live(student_path: str):
     torch.set_num_threads(1)
     backend = HFBackend(student_path, device="cpu")
     app = build_app(backend, "tiny", limits=ServeLimits(header_timeout_s=TIMEOUT))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(server_config(app, "127.0.0.1", port, header_timeout_s=TIMEOUT, max_queue=256,
-                                          log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.05)
-    yield SimpleNamespace(port=port, backend=backend)
-    server.should_exit = True
-    thread.join(10)
+    port = free_port()
+    with uvicorn_in_thread(server_config(app, "127.0.0.1", port, header_timeout_s=TIMEOUT, max_queue=256,
+                                         log_level="warning")):
+        yield SimpleNamespace(port=port, backend=backend)
 
 
 def _connect(live) -> socket.socket:

@@ -17,6 +17,7 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
+from live_server import free_port, uvicorn_in_thread
 from tracewise.backends.serve import build_app
 
 openai = pytest.importorskip("openai")
@@ -27,28 +28,15 @@ KEY = "stream-test-key-0123456789"
 PROMPT = "Eva has 2 apples."
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def live(backend):
     """The app on a real 127.0.0.1 socket (uvicorn in a thread), so disconnects are real ones."""
     app = build_app(backend, NAME, api_key=KEY)
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.05)
-    yield SimpleNamespace(url=f"http://127.0.0.1:{port}/v1", backend=backend, engine=app.state.engine,
-                          client=openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, max_retries=0))
-    server.should_exit = True
-    thread.join(10)
+    port = free_port()
+    with uvicorn_in_thread(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")):
+        yield SimpleNamespace(url=f"http://127.0.0.1:{port}/v1", backend=backend, engine=app.state.engine,
+                              client=openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY,
+                                                   max_retries=0))
 
 
 def test_completions_stream_with_the_openai_client(live) -> None:
@@ -160,7 +148,7 @@ app(args=sys.argv[1:])
 
 
 def test_sigterm_stops_a_busy_server_within_seconds(student_run_dir: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     proc = subprocess.Popen([sys.executable, "-c", _SLOW_SERVER, "serve", "--model", str(student_run_dir),
                              "--port", str(port), "--threads", "1", "--log-level", "WARNING"],

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import HOLD_LOCK
+
 import tracewise.generate.stage as gen
 from tracewise.backends.base import SamplingParams
 from tracewise.generate.stage import GenerateConfig, run
@@ -234,15 +236,6 @@ def test_sigkill_mid_run_then_resume_is_byte_identical(warm_child, student_path:
     assert len(read_records(run_dir / "traces.jsonl", Trace)) == KILL_N
 
 
-_HOLD_LOCK = textwrap.dedent("""
-    import fcntl, os, sys
-    fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\\n".encode(), 0)
-    print("locked", flush=True)
-    sys.stdin.read()  # hold it until the test closes our stdin
-""")
 
 
 def test_retry_failed_reopens_a_run_only_under_its_lock(student_path: str, tmp_path: Path) -> None:
@@ -261,7 +254,7 @@ def test_retry_failed_reopens_a_run_only_under_its_lock(student_path: str, tmp_p
     write_records(run_dir / "failed.jsonl", [failed])
     retry = dataclasses.replace(cfg, retry_failed=True)
 
-    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(run_dir / ".lock")], stdin=subprocess.PIPE,
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run_dir / ".lock")], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"

@@ -7,31 +7,20 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
-from conftest import save_pens_dataset
+from conftest import HOLD_LOCK, save_pens_dataset
 from tracewise.core.store import unlock_run_dir
 from tracewise.train import common, sft
 
-_HOLD_LOCK = textwrap.dedent("""
-    import fcntl, os, sys
-    os.makedirs(os.path.dirname(sys.argv[1]), exist_ok=True)
-    fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\\n".encode(), 0)
-    print("locked", flush=True)
-    sys.stdin.read()  # hold it until the test closes our stdin
-""")
 
 
 @pytest.fixture()
 def other_process(tmp_path: Path):
     """Another process holding ``tmp_path/run``'s lock, as a running stage does; yields its pid."""
-    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(tmp_path / "run" / ".lock")],
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(tmp_path / "run" / ".lock")],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
@@ -113,7 +102,7 @@ def test_a_two_process_launch_into_a_run_dir_in_use_stops_every_rank(tmp_path: P
     torn = run_dir / "checkpoints" / "checkpoint-3"  # the other process's save in progress: no trainer_state.json
     torn.mkdir(parents=True)
     (torn / "model.safetensors").write_bytes(b"partial")
-    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(run_dir / ".lock")], stdin=subprocess.PIPE,
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run_dir / ".lock")], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"

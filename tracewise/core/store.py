@@ -163,14 +163,14 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically and durably: a unique temp file (O_EXCL, O_NOFOLLOW),
-    fsync, rename, fsync of the directory. A crash leaves the old file or the new one, never a torn one."""
+def _atomic(path: str | os.PathLike, mode: str, write: Callable) -> Path:
+    """``write(fh)`` into a unique temp file beside ``path`` (O_EXCL, O_NOFOLLOW), fsync, rename over
+    ``path``, fsync the directory: a crash leaves the old file or the new one, never a torn one."""
     path = Path(path)
     tmp, fd = open_temp(path)
     try:
-        with open(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with open(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as fh:
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -181,23 +181,20 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return path
 
 
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically and durably (see ``_atomic``)."""
+    return _atomic(path, "w", lambda fh: fh.write(text))
+
+
 def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
-    """Copy ``src`` to ``dst`` the way ``atomic_write_text`` writes: a unique temp file, fsync, rename."""
+    """Copy ``src`` to ``dst`` the way ``atomic_write_text`` writes."""
     import shutil
 
-    dst = Path(dst)
-    tmp, fd = open_temp(dst)
-    try:
-        with open(fd, "wb") as out, open(src, "rb") as inp:
+    def copy(out) -> None:
+        with open(src, "rb") as inp:
             shutil.copyfileobj(inp, out, 1 << 20)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(dst.parent)
-    return dst
+
+    return _atomic(dst, "wb", copy)
 
 
 def mark_done(run_dir: Path, manifest: dict | None = None) -> None:
