@@ -146,11 +146,12 @@ class EvalConfig(Replicated):
                 for b in self.benchmarks]
 
     def _problems_for(self, source: str) -> ProblemsConfig:
-        # What `problems.source=B` on the command line builds (split only matters for the world), so a
-        # benchmark of the set finds the run dir of a one-benchmark `eval problems.source=B benchmark=B`.
+        # What `problems.source=B` on the command line builds (the field's default, _test_problems, with that
+        # key set; split only matters for the world), so a benchmark of the set finds the run dir of a
+        # one-benchmark `eval problems.source=B benchmark=B`.
         if source == "world":
             return replace(self.problems, source=source)
-        return ProblemsConfig(source=source, limit=self.problems.limit)
+        return replace(_test_problems(), source=source, limit=self.problems.limit)
 
     @property
     def benchmark_label(self) -> str:
