@@ -157,26 +157,31 @@ def losses(out) -> list:
 
 @pytest.mark.slow
 def test_pipeline_from_scratch_is_byte_identical_with_1_and_2_threads(tmp_path):
-    """The tiny pipeline, run twice into two empty dirs: once on 1 thread with students trained one
-    after the other, once on 2 threads with students trained in 2 processes. Every record, model,
-    summary and the report must be byte-identical (tracewise.core.threads explains why they can be)."""
+    """The tiny pipeline, run three times into empty dirs: on 1 thread with students trained one after the
+    other; on 2 threads, one after the other; and with students trained (and evaluated) in 2 processes.
+    Every record, model, summary and the report must be byte-identical (tracewise.core.threads explains
+    why they can be)."""
     import yaml
 
     base = {"world": {"n_train": 60, "n_test": 4, "levels": [1]},
             "student": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64, "vocab_size": 300},
             "pretrain_steps": 10, "train": {"max_steps": 10, "batch_size": 8, "learning_rate": 5e-3, "logging_steps": 5},
             "eval_samples": 2, "eval_temperature": 0.6, "eval_max_tokens": 60}
-    one, two = tmp_path / "one", tmp_path / "two"
+    one, two, three = tmp_path / "one", tmp_path / "two", tmp_path / "three"
     quickstart.run(build(quickstart.QuickstartConfig, {**base, "out": str(one), "threads": 1, "parallel": 1}))
-    quickstart.run(build(quickstart.QuickstartConfig, {**base, "out": str(two), "threads": 2, "parallel": 2}))
-    a, b = record_digests(one), record_digests(two)
+    quickstart.run(build(quickstart.QuickstartConfig, {**base, "out": str(two), "threads": 2, "parallel": 1}))
+    quickstart.run(build(quickstart.QuickstartConfig, {**base, "out": str(three), "threads": 2, "parallel": 2}))
+    a, b, c = record_digests(one), record_digests(two), record_digests(three)
     assert {k[1] for k in a} >= {"summary.json", "report.md", "samples.jsonl", "traces.jsonl", "verdicts.jsonl",
                                  "model/model.safetensors"}
     assert a == b, f"differ: {sorted(set(a) ^ set(b))}"
-    assert losses(one) == losses(two)
-    # The thread counts really differed (pretraining and eval ran with 1 and with 2).
-    for out, n in ((one, 1), (two, 2)):
-        for stage in ("student", "eval"):
+    assert a == c, f"differ: {sorted(set(a) ^ set(c))}"
+    assert losses(one) == losses(two) == losses(three)
+    # The thread counts really differed: 1 everywhere; 2 everywhere (one process); 2 for pretraining and 1 in
+    # each of the 2 worker processes that train and then evaluate the students.
+    for out, expected in ((one, {"student": 1, "sft": 1, "eval": 1}), (two, {"student": 2, "sft": 2, "eval": 2}),
+                          (three, {"student": 2, "sft": 1, "eval": 1})):
+        for stage, n in expected.items():
             assert {yaml.safe_load(c.read_text())["threads"] for c in out.glob(f"{stage}-*/config.yaml")} == {n}
 
 
@@ -187,7 +192,8 @@ def test_full_quickstart_reproduces_the_finding(tmp_path):
     quickstart.run(build(quickstart.QuickstartConfig, {"out": str(tmp_path)}))
     rows = {r["experiment"]: r for r in json.loads((tmp_path / "summary.json").read_text())["rows"]}
     assert rows["r1"]["mean_tokens"] / rows["gpt-oss"]["mean_tokens"] >= 3.5
-    # Measured (seed 0, random batch order): r1 0.936, gpt-oss 0.998, mix 0.993 pass@1. Parity, not a gap:
+    # Measured (3 seeds, micro_batches=4; README): r1 0.783, gpt-oss 0.923, mix 0.953 pass@1 (seed 0: 0.802 /
+    # 0.859 / 0.965). No loss of accuracy with concise traces, not a gap in r1's favour:
     assert rows["gpt-oss"]["pass@1"] >= rows["r1"]["pass@1"] - 0.05 and rows["mix"]["pass@1"] >= 0.9
     right, equations = equation_accuracy(tmp_path)
     assert equations >= 100 and right / equations >= 0.9, (right, equations)
