@@ -106,12 +106,16 @@ def test_config_rejects_bad_input_before_work(tmp_path: Path) -> None:
 def _fake_run(root: Path, base: str, models: dict[str, str]) -> Path:
     """A directory shaped like a finished quickstart: one sft-* dir per student (DONE + config.yaml)."""
     for name, model in models.items():
-        d = root / f"sft-{name}"
-        d.mkdir(parents=True)
-        (d / "config.yaml").write_text(f"experiment: {name}\nmodel: {base}\n")
-        (d / "DONE").write_text("{}")
-        (d / "model").symlink_to(model)
+        _student_dir(root / f"sft-{name}", f"experiment: {name}\nmodel: {base}\n", model)
     return root
+
+
+def _student_dir(d: Path, config: str, model: str) -> None:
+    """One finished sft-* dir: config.yaml, DONE and model/ (a link to ``model``)."""
+    d.mkdir(parents=True)
+    (d / "config.yaml").write_text(config)
+    (d / "DONE").write_text("{}")
+    (d / "model").symlink_to(model)
 
 
 def test_find_students(tmp_path: Path, student_path: str) -> None:
@@ -150,11 +154,7 @@ def _seeded_run(root: Path, base: str, seeds: list[int]) -> Path:
     """A quickstart-shaped run that trained r1 and gpt-oss once per seed (sft-<name>-s<seed>)."""
     for name in ("r1", "gpt-oss"):
         for seed in seeds:
-            d = root / f"sft-{name}-s{seed}"
-            d.mkdir(parents=True)
-            (d / "config.yaml").write_text(f"experiment: {name}\nmodel: {base}\nseed: {seed}\n")
-            (d / "DONE").write_text("{}")
-            (d / "model").symlink_to(base)
+            _student_dir(root / f"sft-{name}-s{seed}", f"experiment: {name}\nmodel: {base}\nseed: {seed}\n", base)
     return root
 
 

@@ -95,18 +95,20 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
+def field_default(f: dataclasses.Field) -> Any:
+    """A dataclass field's default value (a fresh one from its factory), or ``dataclasses.MISSING``."""
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
 def _onto_default(f: dataclasses.Field, value: Any) -> Any:
     """A mapping given for a dataclass-valued field overrides the keys it names on top of the field's own
     default, not on the section class's defaults: ``quickstart train.batch_size=8`` keeps the quickstart's
     1000 steps (its ``train`` factory) instead of resetting them to ``TrainSettings``' 300."""
     if not isinstance(value, dict):
         return value
-    if f.default_factory is not dataclasses.MISSING:
-        default = f.default_factory()
-    elif f.default is not dataclasses.MISSING:
-        default = f.default
-    else:
-        return value
+    default = field_default(f)
     return _merge(to_dict(default), value) if dataclasses.is_dataclass(default) else value
 
 

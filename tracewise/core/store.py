@@ -21,17 +21,12 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from tracewise.core.config import field_default
 from tracewise.core.fingerprint import input_digest, path_digest  # noqa: F401  (path_digest: re-exported)
 from tracewise.core.records import (LOCK_NAME, TEMP_NAME, from_dict, iter_jsonl, kill_point, open_temp, to_json_line,
                                     write_records)
 
 log = logging.getLogger(__name__)
-
-
-def _default(f: dataclasses.Field) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    return f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING
 
 
 def config_fingerprint(cfg: Any) -> dict:
@@ -40,7 +35,7 @@ def config_fingerprint(cfg: Any) -> dict:
         out = {}
         for f in dataclasses.fields(cfg):
             mode = f.metadata.get("hash", True)
-            if mode == "nondefault" and getattr(cfg, f.name) == _default(f):
+            if mode == "nondefault" and getattr(cfg, f.name) == field_default(f):
                 continue
             if mode:
                 out[f.name] = config_fingerprint(getattr(cfg, f.name))

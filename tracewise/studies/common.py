@@ -156,9 +156,13 @@ def _train_then_eval(cfg: sft.SFTRunConfig, ev: evaluate.EvalConfig | None) -> t
     """Child-process entry: one student trained, then (``ev``, its ``model`` filled in) evaluated in the
     same process, so a core that finished training goes on sampling while the other still trains."""
     run_dir = _train_one(cfg)
-    if ev is None:
-        return run_dir, None
-    return run_dir, str(evaluate.run(replace(ev, model=str(sft.model_dir(run_dir)), threads=cfg.threads)))
+    eval_dir = _eval_trained(run_dir, ev, cfg.threads)
+    return run_dir, None if eval_dir is None else str(eval_dir)
+
+
+def _eval_trained(run_dir: str | Path, ev: evaluate.EvalConfig | None, threads: int) -> Path | None:
+    """``ev`` (None: no eval) on the model of the finished SFT run ``run_dir``, with its training's threads."""
+    return None if ev is None else evaluate.run(replace(ev, model=str(sft.model_dir(run_dir)), threads=threads))
 
 
 def train_all(cfgs: list[sft.SFTRunConfig], parallel: int, threads: int | None = None) -> list[Path]:
@@ -179,8 +183,7 @@ def train_and_eval(cfgs: list[sft.SFTRunConfig], evals: list[evaluate.EvalConfig
         for c, ev in zip(cfgs, evals):
             c = c if threads is None else replace(c, threads=threads)
             d = sft.run(c)
-            out.append((d, None if ev is None else
-                        evaluate.run(replace(ev, model=str(sft.model_dir(d)), threads=c.threads))))
+            out.append((d, _eval_trained(d, ev, c.threads)))
         return out
     per_child = 1 if threads is None else max(1, threads // min(parallel, len(cfgs)))
     ctx = multiprocessing.get_context("spawn")
