@@ -290,10 +290,15 @@ def test_vllm_over_long_prompt_fails_alone_and_ids_round_trip(tiny_model_dir: st
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_eval_passes_its_vllm_section_to_the_backend(student_path: str, monkeypatch) -> None:
+def test_eval_passes_its_vllm_section_to_the_backend(student_path: str, monkeypatch, tmp_path) -> None:
     """Mistral-Nemo declares 1,024,000 positions: eval must be able to cap vLLM's context."""
     from tracewise import backends
     from tracewise.evaluate import EvalConfig, run
+
+    # The recipe evaluates GSM8K: a two-problem stand-in, so the test does not need ../shared/data.
+    (tmp_path / "gsm8k_test.jsonl").write_text('{"id": "g0", "problem": "1+1?", "answer": "2"}\n'
+                                               '{"id": "g1", "problem": "4-1?", "answer": "3"}\n')
+    monkeypatch.setenv("TRACEWISE_DATA", str(tmp_path))
 
     cfg = load_config(EvalConfig, REPO / "configs/paper/eval_student.yaml",
                       [f"model={student_path}", "vllm.data_parallel_size=1", "out=/nonexistent/never-written"])
