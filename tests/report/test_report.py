@@ -103,6 +103,21 @@ def test_difficulty_reading_is_computed_from_numbers(inputs: dict) -> None:
     assert "Learning curves" not in md  # no logs given
 
 
+def test_report_of_a_run_shorter_than_its_logging_steps_says_no_loss_was_logged(inputs: dict) -> None:
+    # a 3-step run with logging_steps=10 logs only HF's final summary; the report used to stop on it
+    short = Path(inputs["train_logs"][0])
+    short.write_text(json.dumps([{"step": 3, "train_loss": 2.0, "train_runtime": 1.0}]))
+    out = inputs["tmp"] / "report"
+    run(ReportConfig(out=str(out), summaries=inputs["summaries"], train_logs=inputs["train_logs"]))
+    md = (out / "report.md").read_text()
+    assert "No loss was logged for r1 (the run was shorter than its `logging_steps`)." in md
+    assert "learning_curves.png" in md  # the other runs' curves are still drawn
+    for log in inputs["train_logs"]:
+        Path(log).write_text(json.dumps([{"step": 3, "train_loss": 2.0}]))
+    run(ReportConfig(out=str(out), summaries=inputs["summaries"], train_logs=inputs["train_logs"]))
+    assert "learning_curves.png" not in (out / "report.md").read_text()
+
+
 def test_level_table_falls_back_to_summary_rows(inputs: dict) -> None:
     out = inputs["tmp"] / "report"
     run(ReportConfig(out=str(out), summaries=inputs["summaries"], mix_experiment="gpt-oss"))
@@ -170,6 +185,9 @@ def test_load_train_log(tmp_path: Path) -> None:
     assert load_train_log(log) == ("run-7", [5.0, 10.0], [1.5, 1.0])
     (run_dir / "experiment.txt").write_text("  r1-student\n")
     assert load_train_log(log)[0] == "r1-student"
+    # shorter than logging_steps: only the final summary, an empty curve rather than an error
+    log.write_text(json.dumps([{"step": 3, "train_loss": 2.0}]))
+    assert load_train_log(log) == ("r1-student", [], [])
     log.write_text(json.dumps([{"step": 1, "eval_loss": 2}]))
     with pytest.raises(ValueError, match="no entries"):
         load_train_log(log)

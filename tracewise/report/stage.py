@@ -98,7 +98,11 @@ def load_rows(paths: list[str]) -> list[dict]:
 
 
 def load_train_log(path: str | Path) -> tuple[str, list[float], list[float]]:
-    """(label, steps, losses) from an HF ``log_history.json``; entries without a loss are skipped."""
+    """(label, steps, losses) from an HF ``log_history.json``; entries without a loss are skipped.
+
+    A finished run shorter than its ``logging_steps`` logs no loss, only the final ``train_loss`` summary:
+    its curve is empty (the report says so) rather than an error that would stop the whole report.
+    """
     path = Path(path)
     try:
         entries = json.loads(path.read_text(encoding="utf-8"))
@@ -110,7 +114,8 @@ def load_train_log(path: str | Path) -> tuple[str, list[float], list[float]]:
     num = (int, float)
     points = [(float(e["step"]), float(e["loss"])) for e in entries
               if isinstance(e, dict) and isinstance(e.get("step"), num) and isinstance(e.get("loss"), num)]
-    if not points:
+    finished = any(isinstance(e, dict) and "train_loss" in e for e in entries)
+    if not points and not finished:
         raise ValueError(f"{path}: no entries with numeric 'step' and 'loss'")
     marker = path.parent / "experiment.txt"
     label = marker.read_text(encoding="utf-8").strip() if marker.exists() else ""
@@ -319,7 +324,12 @@ def run(cfg: ReportConfig) -> Path:
     ]
     if cfg.train_logs:
         curves = [load_train_log(p) for p in cfg.train_logs]
-        sections.append(Section("Learning curves", "", [plot_learning_curves(curves, out / "learning_curves.png")]))
+        unlogged = [label for label, steps, _ in curves if not steps]
+        note = (f"No loss was logged for {', '.join(unlogged)} (the run was shorter than its `logging_steps`)."
+                if unlogged else "")
+        curves = [c for c in curves if c[1]]
+        plots = [plot_learning_curves(curves, out / "learning_curves.png")] if curves else []
+        sections.append(Section("Learning curves", note, plots))
     grouped = _group_samples(cfg.samples)
     level_data = _level_data(rows, grouped)
     if level_data:
