@@ -129,5 +129,21 @@ def test_tiny_sweep_two_seeds(tmp_path, student_path):
     md = json.loads(section.read_text())["markdown"]
     assert "Paired: r1-rl-a0.4 uses" in md and f"({rows[0]['n']} problems × 2 seeds)" in md
     assert "in all 2 samples" in md  # samples per problem of one seed, not of all seeds together
+    assert "Baseline check, SFT start vs α = 0:" in md and "pass@1: r1 − r1-rl-a0 = " in md
     stamps = {p: (p / "DONE").stat().st_mtime for p in tmp_path.glob("*-*")}
     assert rl_alpha.run(cfg) == section and {p: (p / "DONE").stat().st_mtime for p in tmp_path.glob("*-*")} == stamps
+
+
+@pytest.mark.parametrize("estimate, ci, verdict", [
+    (0.12, (0.05, 0.20), "**α = 0 lost accuracy**"),          # start − α=0 > 0: RL drifted down
+    (-0.08, (-0.15, -0.01), "α = 0 gained accuracy"),
+    (0.01, (-0.03, 0.05), "α = 0 held the SFT start's accuracy"),
+])
+def test_baseline_note_reads_the_start_vs_alpha0_interval(estimate, ci, verdict):
+    from tracewise.evaluate.replicates import Comparison
+
+    c = Comparison("pass@1", "r1", "r1-rl-a0", estimate, ci, 0.0, 100, 3)
+    note = rl_alpha.baseline_note([c])
+    assert note.startswith(f"Baseline check, SFT start vs α = 0: {verdict}")
+    assert f"[95% CI {ci[0] * 100:+.1f}, {ci[1] * 100:+.1f}]" in note and "(100 problems × 3 seeds)" in note
+    assert rl_alpha.baseline_note([]) == ""

@@ -203,8 +203,10 @@ def run(cfg: RLAlphaConfig) -> Path:
     pick = chosen(rows, cfg.target_token_cut, cfg.max_pass1_drop)
     ref = next(r for r in rows if r["alpha"] == 0.0)
     comparisons = [] if pick is None else reps.compare(ref["experiment"], pick["experiment"])
+    # Does RL on correctness alone hold the start's accuracy? If not, α differences mix the penalty with drift.
+    baseline = reps.compare(cfg.student, ref["experiment"])
     section = Path(cfg.section or Path(cfg.out_dir()) / "sections" / "rl_length_penalty.json")
-    write_section(cfg, rows, section, comparisons)
+    write_section(cfg, rows, section, comparisons, baseline)
     return section
 
 
@@ -258,7 +260,21 @@ def _sd(row: dict, metric: str, digits: int) -> str:
     return f"{row[metric]:.{digits}f}" + ("" if sd is None else f" ± {sd:.{digits}f}")
 
 
-def write_section(cfg: RLAlphaConfig, rows: list[dict], path: Path, comparisons: Sequence[Comparison] = ()) -> Path:
+def baseline_note(baseline: Sequence[Comparison]) -> str:
+    """Whether α = 0 held the SFT start's accuracy, from the paired start − α=0 interval (empty without one)."""
+    c = next((c for c in baseline if c.metric == "pass@1"), None)
+    if c is None:
+        return ""
+    verdict = ("**α = 0 lost accuracy**: RL drifted at this horizon and learning rate, so differences between α "
+               "are not the penalty's alone" if c.distinguishable and c.estimate > 0 else
+               "α = 0 gained accuracy over the SFT start" if c.distinguishable else
+               "α = 0 held the SFT start's accuracy (no difference distinguishable)")
+    return f"Baseline check, SFT start vs α = 0: {verdict}. Paired: " + " ".join(
+        x.reading() for x in sorted(baseline, key=lambda x: x.metric != "token_ratio"))
+
+
+def write_section(cfg: RLAlphaConfig, rows: list[dict], path: Path, comparisons: Sequence[Comparison] = (),
+                  baseline: Sequence[Comparison] = ()) -> Path:
     """Table + plot + reading as a report section file (``tracewise report section_files=[...]``)."""
     from tracewise.report.sections import write_section_file
 
@@ -279,6 +295,8 @@ def write_section(cfg: RLAlphaConfig, rows: list[dict], path: Path, comparisons:
                      f"[{_fmt(ci[0], '.3f')}, {_fmt(ci[1], '.3f')}] | {r['pass@8']:.3f} | {train} | "
                      f"{_fmt(r.get('kl_last'), '.4f')} |")
     lines += ["", reading(rows, cfg.target_token_cut, cfg.max_pass1_drop, comparisons), "", _signal_note(rows)]
+    if baseline:
+        lines += ["", baseline_note(baseline)]
     image = path.with_suffix(".png")
     _plot(rows, image)
     (path.with_name(path.stem + "_rows.json")).write_text(json.dumps(rows, indent=1, default=str))
