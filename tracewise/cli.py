@@ -238,6 +238,9 @@ def serve(
     max_n: int = typer.Option(16, "--max-n", help="Most samples (n) per request."),
     header_timeout: float = typer.Option(10.0, "--header-timeout", help="Seconds a connection has to send a "
                                          "complete request head (else it is closed: slow-header clients)."),
+    body_timeout: float = typer.Option(30.0, "--body-timeout", help="Seconds a request has, after its head, to "
+                                       "send its whole body (else 408 and the connection is closed: slow-body "
+                                       "clients)."),
     threads: int = typer.Option(0, "--threads", help="torch CPU threads (0 = auto: free cores)."),
     log_level: str = typer.Option("INFO", "--log-level"),
 ) -> None:
@@ -247,7 +250,8 @@ def serve(
     from tracewise.backends.serve import serve as run_server
 
     limits = ServeLimits(max_tokens_cap=max_tokens_cap, max_batch_tokens=max_batch_tokens, max_queue=max_queue,
-                         max_body_bytes=max_body_bytes, max_n=max_n, header_timeout_s=header_timeout)
+                         max_body_bytes=max_body_bytes, max_n=max_n, header_timeout_s=header_timeout,
+                         body_timeout_s=body_timeout)
     try:
         run_server(model, port, host, served_model_name=served_model_name, trust_remote_code=trust_remote_code,
                    api_key_env=api_key_env, max_batch=max_batch, batch_wait_ms=batch_wait_ms, threads=threads,

@@ -14,7 +14,8 @@ Built to survive hostile clients, like the servers users trust (vLLM's OpenAI se
   fails alone; a batch that fails is retried one request at a time (``serve_engine``);
 * a bounded number of requests in the server (more: 429 with Retry-After), a body cap (413), bounded
   KV memory (``max_batch_tokens``); a client that disconnects cancels its work; a connection whose
-  request head is not complete within ``header_timeout_s`` (slowloris) is closed (``serve_http``);
+  request head is not complete within ``header_timeout_s`` (slowloris) is closed, one whose body is not
+  complete within ``body_timeout_s`` of its head gets 408 and is closed (``serve_http``);
 * errors are fixed messages per kind: never another client's text, never a server path;
 * Host is checked on loopback binds (no DNS rebinding), /docs and /openapi.json are off, a
   non-loopback bind needs an API key of >= 16 characters (or an explicit ``--insecure``);
@@ -107,6 +108,7 @@ def build_app(backend: Any, model_name: str, *, api_key: str | None = None, max_
     try:
         from fastapi import FastAPI
         from fastapi.responses import JSONResponse, StreamingResponse
+        from starlette.requests import ClientDisconnect
     except ImportError as e:
         raise ValueError("tracewise serve needs fastapi and uvicorn: pip install 'tracewise[serve]'") from e
 
@@ -178,6 +180,8 @@ def build_app(backend: Any, model_name: str, *, api_key: str | None = None, max_
             if result is None:  # the client went away; nobody reads this
                 return JSONResponse({}, status_code=499)
             return response(*result, chat=chat, model_name=model_name)
+        except ClientDisconnect:  # gone mid-body (or cut off by the body deadline: 408 already sent)
+            return JSONResponse({}, status_code=499)  # nobody reads this
         except ServeError as e:
             return error(e, {"Retry-After": "1"} if e.status in (429, 503) else None)
         finally:
@@ -320,5 +324,6 @@ def serve(model: str, port: int = 8000, host: str = "127.0.0.1", *, served_model
             engine.close()  # a plain flag: safe in a signal handler
             super().handle_exit(sig, frame)
 
-    Server(server_config(app, host, port, header_timeout_s=limits.header_timeout_s, max_queue=limits.max_queue,
-                         log_level=log_level, shutdown_timeout=shutdown_timeout)).run()
+    Server(server_config(app, host, port, header_timeout_s=limits.header_timeout_s,
+                         body_timeout_s=limits.body_timeout_s, max_queue=limits.max_queue, log_level=log_level,
+                         shutdown_timeout=shutdown_timeout)).run()

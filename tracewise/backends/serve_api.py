@@ -36,6 +36,7 @@ class ServeLimits:
     max_live_batches: int = 4
     batch_wait_ms: float = 50.0
     header_timeout_s: float = 10.0  # a connection's request head must arrive within this (slowloris; serve_http)
+    body_timeout_s: float = 30.0  # and a request's whole body within this of its head, else 408 (serve_http)
 
     def validate(self) -> None:
         for name in ("max_tokens_cap", "max_n", "max_messages", "max_body_bytes", "max_queue", "max_batch",
@@ -48,6 +49,8 @@ class ServeLimits:
             raise ValueError(f"--batch-wait-ms must be in [0, 10000], got {self.batch_wait_ms}")
         if not 0 < self.header_timeout_s <= 3600:
             raise ValueError(f"--header-timeout must be in (0, 3600] seconds, got {self.header_timeout_s}")
+        if not 0 < self.body_timeout_s <= 3600:
+            raise ValueError(f"--body-timeout must be in (0, 3600] seconds, got {self.body_timeout_s}")
 
 
 def error_body(status: int, message: str, kind: str) -> dict:
