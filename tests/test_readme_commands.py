@@ -151,3 +151,20 @@ def test_cited_test_exists(doc: str, cited: str) -> None:
     if name:
         assert re.search(rf"^(async )?def {name}\(", (REPO / path).read_text(encoding="utf-8"), re.M), \
             f"{doc} cites {cited}: no such test"
+
+
+def _cited_files() -> list[tuple[str, str]]:
+    """(doc, path) for every repo file the docs name: tracewise/, configs/, scripts/, benchmarks/, tests/fixtures/."""
+    out = []
+    for doc in DOCS:
+        text = (REPO / doc).read_text(encoding="utf-8")
+        found = [m.group(1) for m in re.finditer(
+            r"(?<![\w/.])((?:tracewise|configs|scripts|benchmarks|tests/fixtures)/[\w/.-]*\w)(?![\w<])", text)]
+        out += [(doc, p) for p in sorted(set(found)) if "." in p.rsplit("/", 1)[-1] or (REPO / p).is_dir()
+                or not p.startswith("tracewise/")]
+    return out
+
+
+@pytest.mark.parametrize("doc, path", _cited_files(), ids=[f"{d}:{p}" for d, p in _cited_files()])
+def test_cited_file_exists(doc: str, path: str) -> None:
+    assert (REPO / path).exists(), f"{doc} names {path}, which does not exist"
