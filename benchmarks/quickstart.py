@@ -1,6 +1,6 @@
 """The quickstart's wall time per stage, and the speed-up of each lever against the slow path, in one run.
 
-1. Runs `tracewise quickstart` (its defaults: 3 seeds, or the config/overrides you give) into a fresh
+1. Runs `tracewise quickstart` (its defaults: one seed; `seeds=3` for three; or the config/overrides you give) into a fresh
    directory and prints the time of each stage from the run's timings.json.
 2. Measures each training lever on that run's own base student and curated r1 (or mix) dataset, in this
    same process, one after the other: the median optimizer-step time of one student at 1 thread against
@@ -10,7 +10,7 @@
    printed separately, because it is paid once per student. Then the scheduling lever: two students
    trained at once in two 1-thread processes against one after the other with 2 threads each.
 
-Run it on an idle machine (2 cores are easily disturbed by another process; see DEVELOPERS.md).
+Run it on an idle machine (2 cores are easily disturbed by another process).
 
 Usage: python benchmarks/quickstart.py [--out DIR] [--run-dir DIR] [--lever-steps N] [-c CONFIG] [KEY=VALUE ...]
   --run-dir DIR: skip step 1 and measure the levers on an existing quickstart run.

@@ -8,7 +8,7 @@
 # Every stage is resumable and a finished stage is a no-op, so after a crash rerun the script. Each
 # stage names its run with --link: runs/paper/traces-r1, traces-gpt-oss, verdicts, curated,
 # model-<student>-<teacher>, result-<student>-<teacher>-<benchmark> are symlinks to the hashed run
-# directories, and the next stage takes them by those names. tests/test_reproduce_script.py runs this
+# directories, and the next stage takes them by those names. tests/e2e/test_reproduce_script.py runs this
 # same file on CPU with tiny stand-ins (a tiny student, a few local rows, the hf backend).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -273,6 +273,7 @@ def quickstart(
     overrides: list[str] = typer.Argument(None, help="KEY=VALUE overrides of the quickstart config."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (default: built-in)."),
     out: Optional[str] = typer.Option(None, "--out", help="Output directory (default runs/quickstart)."),
+    print_config: bool = typer.Option(False, "--print-config", help="Print the resolved config and exit."),
     log_level: str = typer.Option("INFO", "--log-level"),
 ) -> None:
     """The paper's experiment in miniature: R1-style vs gpt-oss-style vs 50/50 students, end to end on CPU."""
@@ -284,6 +285,9 @@ def quickstart(
         ov.append(f"out={out}")
     try:
         cfg = load_config(qs.QuickstartConfig, config, ov)
+        if print_config:  # as run_stage does: plain stdout, pipeable into a config file
+            typer.echo(dump_config(cfg), nl=False)
+            return
         qs.run(cfg)
     except ValueError as e:
         _error(e)

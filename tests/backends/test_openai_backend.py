@@ -167,6 +167,27 @@ def test_generate_end_to_end_through_the_cli(server, keyed, student_path: str, t
     assert (run_dir / "traces.jsonl").read_bytes() == before
 
 
+def test_eval_runs_test_time_controls_through_the_openai_backend(server, keyed, student_path: str,
+                                                                   tmp_path: Path) -> None:
+    """README: every control works on ``openai`` with ``openai.endpoint=completions`` — eval had no openai section,
+    so its endpoint, base_url and key could not be set and no control could run there."""
+    from tracewise.core.records import Sample
+
+    args = ["eval", "backend=openai", f"model={NAME}", f"out={tmp_path}", "problems.world.n_test=3",
+            "sampling.n=2", "sampling.max_tokens=24", f"openai.base_url={server}", f"openai.api_key_env={KEY_ENV}",
+            f"openai.tokenizer={student_path}", "control.name=budget_force", "control.budget=8",
+            "control.answer_tokens=8", "verify_workers=0"]
+    chat = CliRunner().invoke(app, args)
+    assert chat.exit_code == 2 and "prefix" in chat.output, chat.output  # chat cannot continue: refused up front
+    assert not list(tmp_path.glob("eval-*/samples.jsonl"))
+    res = CliRunner().invoke(app, [*args, "openai.endpoint=completions"])
+    assert res.exit_code == 0, res.output
+    (run_dir,) = tmp_path.glob("eval-*")
+    samples = read_records(run_dir / "samples.jsonl", Sample)
+    assert len(samples) == 6 and all(s.n_thinking_tokens <= 8 for s in samples)
+    assert "endpoint: completions" in (run_dir / "config.yaml").read_text()
+
+
 # ---- key handling and hostile responses (no tracewise server needed) -------------------------------
 
 def test_a_key_is_never_sent_in_cleartext_to_another_machine(monkeypatch) -> None:

@@ -168,3 +168,48 @@ def test_big_files_are_hashed_once_and_any_rewrite_is_seen(tmp_path: Path, monke
         fh.write(bytes([data[-1]]))
     third = hashlib.sha256(b"model.safetensors\0" + hashlib.sha256(bytes(data)).hexdigest().encode()).hexdigest()
     assert fp.path_digest(weights.parent) == third and reads == ["model.safetensors"] * 2
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("stage", ["eval", "train sft", "train rl"])
+def test_eval_sft_and_rl_with_a_retrained_model_get_a_new_run_dir(stage: str, model: Path, tmp_path: Path,
+                                                                   monkeypatch) -> None:
+    """README: retraining a model into the same path gives eval, train sft and train rl new run dirs (as for
+    generate and verify above). Only the run dir is computed: each stage is stopped right after naming it."""
+    import tracewise.evaluate.stage as es
+    import tracewise.train.rl as rl
+    import tracewise.train.sft as sft
+
+    module = {"eval": es, "train sft": sft, "train rl": rl}[stage]
+    named: list[Path] = []
+
+    def record(*args, **kwargs):
+        named.append(stage_dir(*args, **kwargs))
+        raise _Stop
+
+    monkeypatch.setattr(module, "stage_dir", record)
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    (dataset / "data.jsonl").write_text("{}\n")
+    out = str(tmp_path / "out")
+    world = ProblemsConfig(world=WorldConfig(seed=1, n_train=2, n_test=2))
+
+    def run_dir() -> Path:
+        with pytest.raises(_Stop):
+            if stage == "eval":
+                es.run(es.EvalConfig(out=out, model=str(model), sampling=SamplingParams(n=1, max_tokens=4)))
+            elif stage == "train sft":
+                sft.run_dir_of(sft.SFTRunConfig(out=out, model=str(model), dataset=str(dataset)))
+            else:
+                rl.run(rl.RLRunConfig(out=out, model=str(model), problems=world))
+        return named[-1]
+
+    first = run_dir()
+    assert run_dir() == first  # same bytes: the same run dir
+    flip_weight_byte(model)  # "retrained" into the same path
+    assert run_dir() != first
+    flip_weight_byte(model)
+    assert run_dir() == first

@@ -11,17 +11,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Protocol
 
+from tracewise.core.config import doc
 from tracewise.core.records import Problem
 from tracewise.core.seeding import sample_seed  # noqa: F401  (re-exported: backends seed samples with it)
 
 
 @dataclass
 class SamplingParams:
-    n: int = 1  # samples per request
-    temperature: float = 0.6
-    top_p: float = 1.0
-    max_tokens: int = 512  # new tokens per sample, thinking + answer
-    seed: int = 0
+    n: int = doc("Samples per request (per problem).", 1)
+    temperature: float = doc("Sampling temperature (>= 0).", 0.6)
+    top_p: float = doc("Nucleus sampling: keep the smallest token set with this much probability, in (0, 1].", 1.0)
+    max_tokens: int = doc("New tokens per sample, thinking + answer.", 512)
+    seed: int = doc("Sampling seed; each sample is seeded by (seed, request id, sample index).", 0)
 
     def validate(self, where: str = "sampling") -> None:
         """ValueError naming the first out-of-range field (``where`` prefixes it, e.g. ``eval.sampling``).

@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tracewise.backends.base import Completion, Request, SamplingParams
+from tracewise.backends.openai_http import OpenAIConfig
 from tracewise.backends.vllm import VLLMConfig
 from tracewise.core.config import doc
 from tracewise.core.fingerprint import model_input
@@ -55,7 +56,7 @@ class EvalConfig(Replicated):
     out: str = doc("Root directory; the stage writes into <out>/eval-<hash>/.", "runs", hash=False)
     experiment: str = doc("Label of the evaluated student in tables and plots.", "")
     model: str = doc("Model path or id to evaluate.", "")
-    backend: str = doc("Backend name ('hf').", "hf")
+    backend: str = doc("Backend name: 'hf', 'vllm' or 'openai'.", "hf")
     benchmark: str = doc("Benchmark label in summary.json (default: 'world' or the problem file's stem).", "")
     benchmarks: list[str] = doc("Evaluate on each of these in turn (CLI: --benchmark gsm8k,math500,aime24): benchmark "
                                 "names or JSONL files, each run as problems.source=B benchmark=B in its own resumable "
@@ -79,6 +80,9 @@ class EvalConfig(Replicated):
     batch_size: int = doc("Generation batch size (rows decoded together).", 256, hash=False)
     vllm: VLLMConfig = doc("'vllm' backend: tensor/data parallel sizes, memory, max_model_len (set it for models "
                            "whose config declares a context the GPU cannot hold).", factory=VLLMConfig, hash=False)
+    openai: OpenAIConfig = doc("'openai' backend (an OpenAI-compatible server: model = its served name): base_url, "
+                               "API key env var, endpoint ('completions' to continue a prefix, which every test-time "
+                               "control needs), tokenizer, concurrency, retries.", factory=OpenAIConfig, hash=False)
     n_boot: int = doc("Bootstrap resamples for the 95% CIs.", 1000)
     threads: int = doc(THREADS_HELP, 0, hash=False)
     trust_remote_code: bool = doc("Run Python code shipped with the model or tokenizer (HF auto_map); off unless you pass it.", False, hash=False)
@@ -120,6 +124,8 @@ class EvalConfig(Replicated):
         self.few_shot.validate()
         if self.backend == "vllm":
             self.vllm.validate()
+        if self.backend == "openai":
+            self.openai.validate()
         if self.benchmarks:
             self._validate_benchmarks()
         self.validate_seeds("eval")
@@ -349,9 +355,11 @@ def sample_timing(key: str, c: Completion) -> SampleTiming:
 
 
 def _backend_options(cfg: EvalConfig) -> dict:
-    """Backend-specific constructor arguments (the vllm section, as ``generate`` passes it)."""
+    """Backend-specific constructor arguments (the vllm or openai section, as ``generate`` passes them)."""
     import dataclasses
 
+    if cfg.backend == "openai":
+        return {**dataclasses.asdict(cfg.openai), "tokenizer": cfg.openai.tokenizer or None}
     return dataclasses.asdict(cfg.vllm) if cfg.backend == "vllm" else {}
 
 
