@@ -231,3 +231,18 @@ def test_shipped_rl_configs_load(tmp_path):
     assert (ROOT / "configs/rl/grpo_embedded.yaml").read_text().startswith("# tracewise train rl -c ")
     # configs/rl/alpha_sweep.yaml is the rl-alpha study's config: tests/test_rl_alpha.py
 
+
+
+def test_tiny_rl_run_emits_no_library_warnings(tmp_path, sft_model):
+    """TRL's GRPO read model.is_gradient_checkpointing on every step: a transformers FutureWarning per step
+    between the progress bars (pyproject's filterwarnings hides it in pytest; "always" sees it)."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rl.run(_cfg(tmp_path, sft_model, max_steps=1))
+    libs = ("transformers", "trl", "accelerate", "peft", "tracewise")
+    bad = [f"{w.category.__name__} {w.filename}:{w.lineno}: {w.message}" for w in caught
+           if issubclass(w.category, (FutureWarning, UserWarning, DeprecationWarning))
+           and any(f"/{lib}/" in w.filename for lib in libs)]
+    assert not bad, bad

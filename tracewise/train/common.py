@@ -5,6 +5,8 @@ rank of a multi-process launch."""
 from __future__ import annotations
 
 import logging
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
@@ -13,6 +15,18 @@ from tracewise.core.records import kill_point
 from tracewise.core.store import last_complete_checkpoint
 
 log = logging.getLogger(__name__)
+
+
+@contextmanager
+def quiet_library_warnings():
+    """Hide the library warnings a user can do nothing about, and only those, while a trainer runs.
+
+    PEFT 0.21 and TRL 1.16 read ``model.is_gradient_checkpointing`` (wrapping, training, merging; TRL's GRPO
+    on every generation step), which transformers 5.24 deprecated: one FutureWarning per step between the
+    progress bars of every ``train sft`` (LoRA) and ``train rl`` run."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
 
 
 def trainer_progress_callback(description: str, total: int, describe_log: Callable[[dict], str | None]):

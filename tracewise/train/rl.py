@@ -37,7 +37,8 @@ from tracewise.core.store import is_done, last_complete_checkpoint, mark_done, s
 from tracewise.core.seeds import Replicated, run_seeds as run_each, seeds_field
 from tracewise.core.threads import THREADS_HELP, use_threads
 from tracewise.data.sources import ProblemsConfig, load_problems
-from tracewise.train.common import checkpoint_step, prepare_trainer, restore_final_checkpoint, series
+from tracewise.train.common import (checkpoint_step, prepare_trainer, quiet_library_warnings, restore_final_checkpoint,
+                                    series)
 from tracewise.train.hf_trainer import check_report_to
 
 log = logging.getLogger(__name__)
@@ -395,6 +396,11 @@ def run(cfg: RLRunConfig, callbacks: list | None = None) -> Path:
 
     ``callbacks``: extra ``transformers.TrainerCallback`` objects (e.g. timers in benchmarks).
     """
+    with quiet_library_warnings():
+        return _run(cfg, callbacks)
+
+
+def _run(cfg: RLRunConfig, callbacks: list | None) -> Path:
     import torch
 
     cfg.validate()

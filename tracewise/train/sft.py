@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import warnings
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +33,8 @@ from tracewise.core.model_files import with_resolved_model
 from tracewise.core.seeds import Replicated, run_seeds as run_each, seeds_field
 from tracewise.core.store import is_done, mark_done, save_config, stage_dir
 from tracewise.core.threads import THREADS_HELP, use_threads
-from tracewise.train.common import claim_run_dir, prepare_trainer, restore_final_checkpoint, series
+from tracewise.train.common import (claim_run_dir, prepare_trainer, quiet_library_warnings, restore_final_checkpoint,
+                                    series)
 from tracewise.train.hf_trainer import BATCH_ORDERS, check_report_to, trainer_class
 
 log = logging.getLogger(__name__)
@@ -327,10 +327,7 @@ def run_dir_of(cfg: SFTRunConfig) -> Path:
 
 def run(cfg: SFTRunConfig) -> Path:
     """Train; resumable from the last checkpoint; returns the run dir (final model in ``model/``)."""
-    with warnings.catch_warnings():
-        # PEFT 0.21 and TRL 1.16 read model.is_gradient_checkpointing (wrapping, training, merging), which
-        # transformers 5.24 deprecated: a FutureWarning on every LoRA run that the user can do nothing about.
-        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    with quiet_library_warnings():
         return _run(cfg)
 
 
