@@ -51,7 +51,7 @@ def test_missing_student_is_a_clear_error(tmp_path):
 
 def test_shipped_sweep_config_loads():
     cfg = load_config(RLAlphaConfig, ROOT / "configs/rl/alpha_sweep.yaml")
-    assert sorted(cfg.alphas) == [0.0, 0.1, 0.4] and cfg.student == "r1" and cfg.rl["learning_rate"] == 1e-4
+    assert sorted(cfg.alphas) == [0.0, 0.05, 0.1, 0.2, 0.4] and cfg.student == "r1" and cfg.rl["learning_rate"] == 1e-4
     rl_cfg = cfg.rl_config(0.2, "gpt2")
     assert rl_cfg.rewards == [{"name": "arora_zanette", "alpha": 0.2}] and rl_cfg.experiment == "r1-rl-a0.2"
     assert (rl_cfg.num_generations, rl_cfg.beta, rl_cfg.temperature) == (8, 1e-3, 0.6)
