@@ -130,6 +130,7 @@ def test_tiny_sweep_two_seeds(tmp_path, student_path):
     assert "Paired: r1-rl-a0.4 uses" in md and f"({rows[0]['n']} problems × 2 seeds)" in md
     assert "in all 2 samples" in md  # samples per problem of one seed, not of all seeds together
     assert "Baseline check, SFT start vs α = 0:" in md and "pass@1: r1 − r1-rl-a0 = " in md
+    assert "Each α against α = 0, paired" in md and "\n| 0.4 | " in md and "\n| 0 | " not in md
     stamps = {p: (p / "DONE").stat().st_mtime for p in tmp_path.glob("*-*")}
     assert rl_alpha.run(cfg) == section and {p: (p / "DONE").stat().st_mtime for p in tmp_path.glob("*-*")} == stamps
 
@@ -147,3 +148,16 @@ def test_baseline_note_reads_the_start_vs_alpha0_interval(estimate, ci, verdict)
     assert note.startswith(f"Baseline check, SFT start vs α = 0: {verdict}")
     assert f"[95% CI {ci[0] * 100:+.1f}, {ci[1] * 100:+.1f}]" in note and "(100 problems × 3 seeds)" in note
     assert rl_alpha.baseline_note([]) == ""
+
+
+def test_paired_table_shows_alpha_minus_alpha0_from_hand_values():
+    from tracewise.evaluate.replicates import Comparison
+
+    # (α=0) − α = +11.4 points [+2.6, +19.6]: the table shows α − (α=0) = −11.4 [−19.6, −2.6]
+    comps = [Comparison("token_ratio", "a0", "a0.4", 0.68, (0.63, 0.73), 1.0, 100, 3),
+             Comparison("pass@1", "a0", "a0.4", 0.114, (0.026, 0.196), 0.0, 100, 3)]
+    flat = [Comparison("token_ratio", "a0", "a0.1", 0.99, (0.95, 1.03), 1.0, 100, 3),
+            Comparison("pass@1", "a0", "a0.1", 0.01, (-0.02, 0.04), 0.0, 100, 3)]
+    lines = rl_alpha.paired_table({0.4: comps, 0.1: flat})
+    assert lines[2] == "| 0.1 | 0.99× [0.95, 1.03] | -1.0 [-4.0, +2.0] | not distinguishable |"
+    assert lines[3] == "| 0.4 | 0.68× [0.63, 0.73] | -11.4 [-19.6, -2.6] | distinguishable |"

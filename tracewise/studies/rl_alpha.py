@@ -205,8 +205,10 @@ def run(cfg: RLAlphaConfig) -> Path:
     comparisons = [] if pick is None else reps.compare(ref["experiment"], pick["experiment"])
     # Does RL on correctness alone hold the start's accuracy? If not, α differences mix the penalty with drift.
     baseline = reps.compare(cfg.student, ref["experiment"])
+    # Every α against α = 0, paired, so that no α's effect is read off point estimates alone.
+    per_alpha = {r["alpha"]: reps.compare(ref["experiment"], r["experiment"]) for r in rows[1:] if r["alpha"]}
     section = Path(cfg.section or Path(cfg.out_dir()) / "sections" / "rl_length_penalty.json")
-    write_section(cfg, rows, section, comparisons, baseline)
+    write_section(cfg, rows, section, comparisons, baseline, per_alpha)
     return section
 
 
@@ -273,8 +275,22 @@ def baseline_note(baseline: Sequence[Comparison]) -> str:
         x.reading() for x in sorted(baseline, key=lambda x: x.metric != "token_ratio"))
 
 
+def paired_table(per_alpha: dict[float, Sequence[Comparison]]) -> list[str]:
+    """Markdown rows: each α against α = 0, token ratio and pass@1 difference with paired 95% intervals."""
+    lines = ["| α | tokens / α=0 tokens [95% CI] | pass@1 α − (α=0), points [95% CI] | pass@1 difference |",
+             "|---|---|---|---|"]
+    for alpha, comps in sorted(per_alpha.items()):
+        ratio = next(c for c in comps if c.metric == "token_ratio")
+        acc = next(c for c in comps if c.metric == "pass@1")
+        lo, hi = acc.ci95  # acc is (α=0) − α; the table shows α − (α=0)
+        lines.append(f"| {alpha:g} | {ratio.estimate:.2f}× [{ratio.ci95[0]:.2f}, {ratio.ci95[1]:.2f}] | "
+                     f"{-acc.estimate * 100:+.1f} [{-hi * 100:+.1f}, {-lo * 100:+.1f}] | "
+                     f"{'distinguishable' if acc.distinguishable else 'not distinguishable'} |")
+    return lines
+
+
 def write_section(cfg: RLAlphaConfig, rows: list[dict], path: Path, comparisons: Sequence[Comparison] = (),
-                  baseline: Sequence[Comparison] = ()) -> Path:
+                  baseline: Sequence[Comparison] = (), per_alpha: dict | None = None) -> Path:
     """Table + plot + reading as a report section file (``tracewise report section_files=[...]``)."""
     from tracewise.report.sections import write_section_file
 
@@ -297,6 +313,10 @@ def write_section(cfg: RLAlphaConfig, rows: list[dict], path: Path, comparisons:
     lines += ["", reading(rows, cfg.target_token_cut, cfg.max_pass1_drop, comparisons), "", _signal_note(rows)]
     if baseline:
         lines += ["", baseline_note(baseline)]
+    if per_alpha:
+        n = next(iter(per_alpha.values()))[0]
+        lines += ["", f"Each α against α = 0, paired over problems within seeds, then seeds ({n.n_problems} problems × "
+                  f"{n.n_seeds} seed{'s' if n.n_seeds != 1 else ''}):", "", *paired_table(per_alpha)]
     image = path.with_suffix(".png")
     _plot(rows, image)
     (path.with_name(path.stem + "_rows.json")).write_text(json.dumps(rows, indent=1, default=str))
