@@ -34,6 +34,7 @@ from tracewise.core.config import doc
 from tracewise.evaluate.metrics import write_summary
 from tracewise.data.sources import ProblemsConfig
 from tracewise.studies.quickstart import _teachers, _world
+from tracewise.studies.replicated import Replicates
 from tracewise.core.records import Sample, read_records
 from tracewise.report import write_section_file
 from tracewise.train import sft
@@ -146,6 +147,28 @@ def paired_intervals(verbose: list[Sample], concise: list[Sample], n_boot: int, 
             "acc_diff_ci95": [float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))]}
 
 
+def paired_over_seeds(reps, verbose: str, concise: str) -> dict:
+    """``paired_intervals``' numbers from the hierarchical bootstrap (seeds, then problems within each), for
+    several seeds: the pooled bootstrap above resamples problems only and would ignore seed-to-seed spread."""
+    comps = {c.metric: c for c in reps.compare(verbose, concise)}
+    ratio, acc = comps["token_ratio"], comps["pass@1"]  # concise/verbose tokens; verbose − concise pass@1
+    return {"n_problems": acc.n_problems, "seeds": acc.n_seeds,
+            "token_ratio": 1 / ratio.estimate, "token_ratio_ci95": [1 / ratio.ci95[1], 1 / ratio.ci95[0]],
+            "acc_diff": -acc.estimate, "acc_diff_ci95": [-acc.ci95[1], -acc.ci95[0]]}
+
+
+def seeds_table(reps, names: list[str]) -> str:
+    """One row per student over its seeds: mean ± seed SD [hierarchical 95% CI]."""
+    from tracewise.evaluate.replicates import cell
+
+    lines = ["| student | seeds | pass@1 | pass@8 | mean tokens |", "|---|---:|---|---|---|"]
+    for name in names:
+        row = reps.row(name)
+        lines.append(f"| {name} | {row['seeds']} | {cell(row, 'pass@1')} | {cell(row, 'pass@8')} | "
+                     f"{cell(row, 'mean_tokens', 1)} |")
+    return "\n".join(lines)
+
+
 def reading(verbose: str, concise: str, p: dict) -> str:
     """The finding, computed from the interval numbers."""
     lo, hi = p["token_ratio_ci95"]
@@ -153,9 +176,11 @@ def reading(verbose: str, concise: str, p: dict) -> str:
     fewer = lo > 1
     acc = "higher" if dlo > 0 else "lower" if dhi < 0 else "indistinguishable"
     holds = fewer and acc != "lower"
+    seeds = p.get("seeds", 1)
+    size = f"{p['n_problems']} test problems" + (f" × {seeds} seeds" if seeds > 1 else "")
     return (f"The {concise} student used {p['token_ratio']:.2f}× fewer tokens than the {verbose} student "
             f"(95% CI {lo:.2f}–{hi:.2f}) at a pass@1 difference of {100 * p['acc_diff']:+.1f} points "
-            f"({100 * dlo:+.1f} to {100 * dhi:+.1f}; accuracy {acc}), over {p['n_problems']} test problems. "
+            f"({100 * dlo:+.1f} to {100 * dhi:+.1f}; accuracy {acc}), over {size}. "
             f"The finding (fewer tokens at no loss of accuracy) {'holds' if holds else 'does not hold'} "
             f"with this pretrained base.")
 
@@ -180,6 +205,7 @@ def run(cfg: RealBaseConfig) -> Path:
     names = [t.style for t in cfg.teachers] + ["mix"]
     test = ProblemsConfig(source="world", split="test", world=cfg.world, limit=cfg.eval_problems)
     rows, samples = [], {name: [] for name in names}
+    eval_dirs: dict[str, list[Path]] = {name: [] for name in names}
     for seed in cfg.seeds:
         for name in names:
             t1 = time.time()
@@ -194,12 +220,20 @@ def run(cfg: RealBaseConfig) -> Path:
             row.update(teacher=name, seed=seed, train_s=t2 - t1, eval_s=time.time() - t2)
             rows.append(row)
             samples[name] += read_records(ev / "samples.jsonl", Sample)
+            eval_dirs[name].append(ev)
             log.info("real-base [%s seed %d]: pass@1 %.3f, %.1f tokens", name, seed, row["pass@1"], row["mean_tokens"])
     timings["total_s"] = round(time.time() - t0, 1)
     verbose, concise = (t.style for t in cfg.teachers)
-    paired = paired_intervals(samples[verbose], samples[concise], cfg.n_boot)
+    parts = [table(rows)]
+    if len(cfg.seeds) > 1:
+        reps = Replicates(eval_dirs, {name: [f"{name}-s{seed}" for seed in cfg.seeds] for name in names},
+                          n_boot=cfg.n_boot)
+        paired = paired_over_seeds(reps, verbose, concise)
+        parts.append(seeds_table(reps, names))
+    else:
+        paired = paired_intervals(samples[verbose], samples[concise], cfg.n_boot)
     write_summary(out / "summary.json", rows)
-    md = "\n\n".join([table(rows), reading(verbose, concise, paired),
+    md = "\n\n".join([*parts, reading(verbose, concise, paired),
                       f"Student `{cfg.model}` ({'LoRA r=%d' % cfg.lora.r if cfg.lora.r else 'full fine-tune'}), "
                       f"{cfg.train.max_steps} steps × batch {cfg.train.batch_size}, seeds {cfg.seeds}; "
                       f"{cfg.eval_problems} test problems × {cfg.eval_samples} samples; wall {timings['total_s']:.0f} s."])

@@ -24,9 +24,10 @@ T = TypeVar("T")
 class Replicates:
     """``runs``: key → one eval run dir per seed (seed order shared by every key). ``experiments`` maps a
     key to the experiment label its samples and rows carry inside those dirs (default: the key itself;
-    a budget sweep's dir holds several labels)."""
+    a budget sweep's dir holds several labels), or to one label per dir when each seed's run is labelled
+    apart (``r1-s0``, ``r1-s1``)."""
 
-    def __init__(self, runs: dict[str, Sequence[str | Path]], experiments: dict[str, str] | None = None,
+    def __init__(self, runs: dict[str, Sequence[str | Path]], experiments: dict[str, str | Sequence[str]] | None = None,
                  n_boot: int = 2000):
         self.runs = {k: [Path(d) for d in v] for k, v in runs.items()}
         self.experiments = experiments or {}
@@ -35,7 +36,17 @@ class Replicates:
         self._tables: dict[str, list[ProblemTable]] = {}
 
     def label(self, key: str) -> str:
-        return self.experiments.get(key, key)
+        labels = self.experiments.get(key, key)
+        return labels if isinstance(labels, str) else labels[0]
+
+    def _labels(self, key: str) -> list[str]:
+        """The label of ``key`` in each of its run dirs, in seed order."""
+        labels = self.experiments.get(key, key)
+        if isinstance(labels, str):
+            return [labels] * len(self.runs[key])
+        if len(labels) != len(self.runs[key]):
+            raise ValueError(f"{key}: {len(labels)} labels for {len(self.runs[key])} run dirs")
+        return list(labels)
 
     def _read(self, run_dir: Path) -> list[Sample]:
         if run_dir not in self._samples:
@@ -45,9 +56,8 @@ class Replicates:
     def tables(self, key: str) -> list[ProblemTable]:
         """Per-problem tables of ``key``, one per seed."""
         if key not in self._tables:
-            label = self.label(key)
             tables = []
-            for d in self.runs[key]:
+            for d, label in zip(self.runs[key], self._labels(key)):
                 samples = [s for s in self._read(d) if s.experiment == label]
                 if not samples:
                     raise ValueError(f"{d}: no samples of {label!r}")
@@ -57,9 +67,8 @@ class Replicates:
 
     def row(self, key: str) -> dict:
         """``key``'s summary row over its seeds (means, ``seeds``, ``sd``, hierarchical ``ci95``)."""
-        label = self.label(key)
         rows = []
-        for d in self.runs[key]:
+        for d, label in zip(self.runs[key], self._labels(key)):
             found = [r for r in read_summary(d / "summary.json") if r["experiment"] == label]
             if len(found) != 1:
                 raise ValueError(f"{d}/summary.json: expected one row of {label!r}, found {len(found)}")
