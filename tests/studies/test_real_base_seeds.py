@@ -54,3 +54,12 @@ def test_one_label_for_dirs_labelled_per_seed_is_a_clear_error(tmp_path):
         Replicates(runs, {"r1": "r1-s0"}).tables("r1")
     with pytest.raises(ValueError, match="1 labels for 2 run dirs"):
         Replicates(runs, {"r1": ["r1-s0"]}).tables("r1")
+
+
+def test_table_says_reused_instead_of_a_cache_hits_seconds():
+    from tracewise.studies.real_base import table
+
+    row = {"teacher": "r1", "seed": 0, "pass@1": 0.5, "pass@8": 1.0, "maj@8": 0.5, "mean_tokens": 100.0}
+    text = table([{**row, "train_s": None, "eval_s": 3.4}, {**row, "seed": 1, "train_s": 534.2, "eval_s": None}])
+    assert "| r1 | 0 | 0.500 | 1.000 | 0.500 | 100.0 | reused | 3 |" in text
+    assert "| r1 | 1 | 0.500 | 1.000 | 0.500 | 100.0 | 534 | reused |" in text

@@ -185,12 +185,16 @@ def reading(verbose: str, concise: str, p: dict) -> str:
             f"with this pretrained base.")
 
 
+def _secs(value: float | None) -> str:
+    return "reused" if value is None else f"{value:.0f}"
+
+
 def table(rows: list[dict]) -> str:
     lines = ["| student | seed | pass@1 | pass@8 | maj@8 | mean tokens | train s | eval s |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['teacher']} | {r['seed']} | {r['pass@1']:.3f} | {r['pass@8']:.3f} | {r['maj@8']:.3f} | "
-                     f"{r['mean_tokens']:.1f} | {r['train_s']:.0f} | {r['eval_s']:.0f} |")
+                     f"{r['mean_tokens']:.1f} | {_secs(r['train_s'])} | {_secs(r['eval_s'])} |")
     return "\n".join(lines)
 
 
@@ -217,7 +221,10 @@ def run(cfg: RealBaseConfig) -> Path:
                                         max_tokens=cfg.eval_max_tokens, seed=seed),
                 n_boot=cfg.n_boot, threads=cfg.threads))
             [row] = json.loads((ev / "summary.json").read_text())["rows"]
-            row.update(teacher=name, seed=seed, train_s=t2 - t1, eval_s=time.time() - t2)
+            # A run dir finished before this call was reused, not run: its seconds here are a cache hit's.
+            reused = lambda d, since: (d / "DONE").stat().st_mtime < since  # noqa: E731
+            row.update(teacher=name, seed=seed, train_s=None if reused(run_dir, t1) else t2 - t1,
+                       eval_s=None if reused(ev, t2) else time.time() - t2)
             rows.append(row)
             samples[name] += read_records(ev / "samples.jsonl", Sample)
             eval_dirs[name].append(ev)
@@ -236,7 +243,9 @@ def run(cfg: RealBaseConfig) -> Path:
     md = "\n\n".join([*parts, reading(verbose, concise, paired),
                       f"Student `{cfg.model}` ({'LoRA r=%d' % cfg.lora.r if cfg.lora.r else 'full fine-tune'}), "
                       f"{cfg.train.max_steps} steps × batch {cfg.train.batch_size}, seeds {cfg.seeds}; "
-                      f"{cfg.eval_problems} test problems × {cfg.eval_samples} samples; wall {timings['total_s']:.0f} s."])
+                      f"{cfg.eval_problems} test problems × {cfg.eval_samples} samples; wall {timings['total_s']:.0f} s"
+                      + (" (stages reused from an earlier run are not timed)." if any(
+                          r["train_s"] is None or r["eval_s"] is None for r in rows) else ".")])
     (out / "table.md").write_text(md + "\n")
     (out / "paired.json").write_text(json.dumps(paired, indent=1) + "\n")
     (out / "timings.json").write_text(json.dumps(timings, indent=1) + "\n")
