@@ -185,6 +185,11 @@ def reading(verbose: str, concise: str, p: dict) -> str:
             f"with this pretrained base.")
 
 
+def _reused(run_dir: Path, since: float) -> bool:
+    """Whether ``run_dir`` was finished before ``since``: a stage the call reused, whose seconds are a cache hit's."""
+    return (run_dir / "DONE").stat().st_mtime < since
+
+
 def _secs(value: float | None) -> str:
     return "reused" if value is None else f"{value:.0f}"
 
@@ -208,7 +213,7 @@ def run(cfg: RealBaseConfig) -> Path:
     timings: dict = {"curate_s": round(time.time() - t0, 1)}
     names = [t.style for t in cfg.teachers] + ["mix"]
     test = ProblemsConfig(source="world", split="test", world=cfg.world, limit=cfg.eval_problems)
-    rows, samples = [], {name: [] for name in names}
+    rows = []
     eval_dirs: dict[str, list[Path]] = {name: [] for name in names}
     for seed in cfg.seeds:
         for name in names:
@@ -221,12 +226,9 @@ def run(cfg: RealBaseConfig) -> Path:
                                         max_tokens=cfg.eval_max_tokens, seed=seed),
                 n_boot=cfg.n_boot, threads=cfg.threads))
             [row] = json.loads((ev / "summary.json").read_text())["rows"]
-            # A run dir finished before this call was reused, not run: its seconds here are a cache hit's.
-            reused = lambda d, since: (d / "DONE").stat().st_mtime < since  # noqa: E731
-            row.update(teacher=name, seed=seed, train_s=None if reused(run_dir, t1) else t2 - t1,
-                       eval_s=None if reused(ev, t2) else time.time() - t2)
+            row.update(teacher=name, seed=seed, train_s=None if _reused(run_dir, t1) else t2 - t1,
+                       eval_s=None if _reused(ev, t2) else time.time() - t2)
             rows.append(row)
-            samples[name] += read_records(ev / "samples.jsonl", Sample)
             eval_dirs[name].append(ev)
             log.info("real-base [%s seed %d]: pass@1 %.3f, %.1f tokens", name, seed, row["pass@1"], row["mean_tokens"])
     timings["total_s"] = round(time.time() - t0, 1)
@@ -237,7 +239,8 @@ def run(cfg: RealBaseConfig) -> Path:
                           n_boot=cfg.n_boot)
         paired = paired_over_seeds(reps, verbose, concise)
         parts.append(seeds_table(reps, names))
-    else:
+    else:  # one seed: the problem bootstrap over its samples (read here only; Replicates reads its own)
+        samples = {name: read_records(eval_dirs[name][0] / "samples.jsonl", Sample) for name in (verbose, concise)}
         paired = paired_intervals(samples[verbose], samples[concise], cfg.n_boot)
     write_summary(out / "summary.json", rows)
     md = "\n\n".join([*parts, reading(verbose, concise, paired),

@@ -202,11 +202,12 @@ def run(cfg: RLAlphaConfig) -> Path:
     rows[1:] = sorted(rows[1:], key=lambda r: r["alpha"])  # the run order may put informative α first
     pick = chosen(rows, cfg.target_token_cut, cfg.max_pass1_drop)
     ref = next(r for r in rows if r["alpha"] == 0.0)
-    comparisons = [] if pick is None else reps.compare(ref["experiment"], pick["experiment"])
+    # Every α against α = 0, paired, so that no α's effect is read off point estimates alone; the reading's
+    # α is one of them.
+    per_alpha = {r["alpha"]: reps.compare(ref["experiment"], r["experiment"]) for r in rows[1:] if r["alpha"]}
+    comparisons = [] if pick is None else per_alpha[pick["alpha"]]
     # Does RL on correctness alone hold the start's accuracy? If not, α differences mix the penalty with drift.
     baseline = reps.compare(cfg.student, ref["experiment"])
-    # Every α against α = 0, paired, so that no α's effect is read off point estimates alone.
-    per_alpha = {r["alpha"]: reps.compare(ref["experiment"], r["experiment"]) for r in rows[1:] if r["alpha"]}
     section = Path(cfg.section or Path(cfg.out_dir()) / "sections" / "rl_length_penalty.json")
     write_section(cfg, rows, section, comparisons, baseline, per_alpha)
     return section
