@@ -434,7 +434,7 @@ def test_study_real_base_runs_end_to_end_at_a_tiny_size(smol, tmp_path) -> None:
 
     cfg = build(real_base.RealBaseConfig, {
         "out": str(tmp_path), "world": {"n_train": 40, "n_test": 10},
-        "train": {"max_steps": 2, "batch_size": 2, "max_length": 256, "logging_steps": 1},
+        "train": {"max_steps": 2, "batch_size": 2, "max_length": 256, "logging_steps": 1, "micro_batches": 1},
         "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
         "eval_problems": 2, "eval_samples": 2, "eval_max_tokens": 24, "n_boot": 50})
     section = json.loads(real_base.run(cfg).read_text())
