@@ -7,8 +7,10 @@
    the slow path (float32, one padded batch per step — the quickstart before these levers): bf16
    autocast, torch.compile, both, 2 or 4 length-sorted micro-batches per batch (the default now: same
    examples and gradient per step), bf16 with micro-batches. A first step's extra time (compilation) is
-   printed separately, because it is paid once per student. Then the scheduling lever: two students
-   trained at once in two 1-thread processes against one after the other with 2 threads each.
+   printed separately, because it is paid once per student. The bf16 levers run only on a CPU with bf16
+   units (avx512_bf16 or AMX); elsewhere bf16 matmuls are ~50x slower and they are skipped with a note.
+   Then the scheduling lever: two students trained at once in two 1-thread processes against one after
+   the other with 2 threads each.
 
 Run it on an idle machine (2 cores are easily disturbed by another process).
 
@@ -124,6 +126,13 @@ def print_levers(out: Path, steps: int, which: str = "r1") -> None:
     only = os.environ.get("LEVERS")  # e.g. LEVERS="float32 (slow path),bf16 + micro 2" to time a subset
     if only:
         variants = {k: v for k, v in variants.items() if k in only.split(",")}
+    from tracewise.train.common import cpu_has_native_bf16
+
+    if not cpu_has_native_bf16():  # 40 bf16 steps would take minutes each variant and prove nothing new
+        skipped = [k for k, v in variants.items() if v.get("bf16")]
+        variants = {k: v for k, v in variants.items() if not v.get("bf16")}
+        print(f"  skipped {', '.join(skipped)}: this CPU has no avx512_bf16/AMX, where bf16 matmuls run ~50x slower "
+              "than float32 (tracewise.train.common.cpu_has_native_bf16)")
     ref = None
     for name, levers in variants.items():
         t = step_times(base, data, steps, 1, **levers)

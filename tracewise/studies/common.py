@@ -67,9 +67,11 @@ class TrainSettings:
     batch_order: str = doc("train sft batch_order: random (default), length_buckets (similar lengths per batch, "
                            "batches in shuffled order), group_by_length (legacy; its one-teacher streaks skewed "
                            "mixed students — only to reproduce old runs).", "random")
-    bf16: bool = doc("bf16 mixed precision (autocast; float32 master weights). Measured on the quickstart's r1 "
-                     "student: 1.22x faster steps alone and 1.15x on top of 4 micro-batches, but slower than micro-batches "
-                     "alone for the mix student; accuracy not checked (benchmarks/quickstart.py); off: float32.", False, hash="nondefault")
+    bf16: bool = doc("bf16 mixed precision (autocast; float32 master weights). On a CPU with avx512_bf16, measured on "
+                     "the quickstart's r1 student: 1.22x faster steps alone and 1.15x on top of 4 micro-batches, but slower "
+                     "than micro-batches alone for the mix student; accuracy not checked (benchmarks/quickstart.py). On "
+                     "an AVX2-only CPU bf16 matmuls are ~50x slower (train sft warns). Off: float32.", False,
+                     hash="nondefault")
     torch_compile: bool = doc("torch.compile each student (see train sft torch_compile).", False, hash="nondefault")
     micro_batches: int = doc("train sft micro_batches: each random batch fed as this many length-sorted "
                              "micro-batches (same examples and gradient per step as one batch, less padding: "

@@ -29,6 +29,28 @@ def quiet_library_warnings():
         yield
 
 
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU multiplies bf16 matrices in hardware (``avx512_bf16`` or AMX flags in /proc/cpuinfo).
+
+    Without them torch's bf16 matmul falls back to a slow path: measured on this project's AVX2-only
+    2-core machines, a [920 x 128] @ [128 x 512] product took 95.5 ms in bf16 against 1.6 ms in float32
+    (57x), so bf16 autocast makes CPU training far slower instead of 1.2-1.4x faster."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:  # not Linux: cannot tell, assume the user knows their CPU
+            return True
+    flags = set(cpuinfo.split())
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def warn_if_slow_cpu_bf16(bf16: bool, cuda: bool, where: str) -> None:
+    """A warning (not an error: results are right, only slow) when bf16 is asked for on a CPU without bf16 units."""
+    if bf16 and not cuda and not cpu_has_native_bf16():
+        log.warning("%s: bf16 on a CPU without avx512_bf16/AMX: bf16 matmuls run ~50x slower than float32 here; "
+                    "set bf16=false", where)
+
+
 def trainer_progress_callback(description: str, total: int, describe_log: Callable[[dict], str | None]):
     """An HF ``TrainerCallback``: a rich bar over optimizer steps, and every 10th logging step one log
     line ``"<description> step N/T <describe_log(logs)>"`` (nothing when it returns None).
