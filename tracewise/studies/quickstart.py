@@ -51,6 +51,8 @@ class QuickstartConfig:
     world: WorldConfig = doc("Embedded world: problem counts, levels, seed.", factory=_world)
     student: StudentConfig = doc("Tiny student architecture.", factory=StudentConfig)
     pretrain_steps: int = doc("Style-neutral base pretraining steps of the student (see init-student).", 300)
+    pretrain_facts: str = doc("Notation of the pretraining text's arithmetic facts (see init-student): 'both' "
+                              "teachers' notations equally often, or 'compact' (the gpt-oss teacher's only).", "compact")
     teachers: list[TeacherConfig] = doc("Procedural teachers (style and error rates).", factory=_teachers)
     judge: JudgeConfig = doc("Procedural judge error rates.", factory=JudgeConfig)
     filter: str = doc("Correctness filter for curation: judge | math_verify | both | none.", "both")
@@ -99,7 +101,8 @@ def run(cfg: QuickstartConfig) -> Path:
 
     threads = resolve_threads(cfg.threads)  # once, so every stage of this run gets the same number
     student_dir = init_stage.run(init_stage.InitStudentConfig(out=str(out), student=cfg.student,
-                                                              pretrain_steps=cfg.pretrain_steps, threads=threads))
+                                                              pretrain_steps=cfg.pretrain_steps,
+                                                              pretrain_facts=cfg.pretrain_facts, threads=threads))
     base_model = str(init_stage.model_path(student_dir))
     lap("init-student")
     problems = ProblemsConfig(source="world", split="train", world=cfg.world)

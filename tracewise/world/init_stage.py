@@ -47,6 +47,11 @@ class InitStudentConfig:
     corpus_world: WorldConfig = doc("World used to write the tokenizer's training corpus.", factory=_corpus_world)
     pretrain_steps: int = doc("Steps of style-neutral base pretraining (0 = leave the model random).", 300)
     pretrain_world: WorldConfig = doc("World whose problem statements make the pretraining text.", factory=_pretrain_world)
+    pretrain_facts: str = doc("Notation of the pretraining text's arithmetic facts: 'both' (each fact written as "
+                              "'7-1=6.' or '7 - 1 = 6.' at random, the two teachers' notations equally often) or "
+                              "'compact' (always '7-1=6.', the gpt-oss teacher's notation: a base that already knows "
+                              "one student's arithmetic tokens; what runs before this option used).",
+                              "compact", hash="nondefault")
     threads: int = doc(THREADS_HELP, 0, hash=False)
 
 
@@ -62,19 +67,31 @@ def student_corpus(world: WorldConfig) -> list[str]:
     return corpus
 
 
-def pretraining_docs(world: WorldConfig) -> list[str]:
+PRETRAIN_FACTS = ("both", "compact")
+
+
+def pretraining_docs(world: WorldConfig, facts: str = "compact") -> list[str]:
     """Style-neutral text: a problem statement twice (so the model learns to read and copy it),
-    then four single-digit facts (so it knows the arithmetic a base model would know)."""
+    then four single-digit facts (so it knows the arithmetic a base model would know).
+
+    ``facts="compact"`` writes every fact as the gpt-oss teacher writes its arithmetic ('7-1=6'); the
+    r1 teacher writes '7 - 1 = 6', other tokens for this tokenizer. ``"both"`` draws either notation
+    per fact, so neither student starts with its own arithmetic tokens already learnt."""
     import random
 
+    if facts not in PRETRAIN_FACTS:
+        raise ValueError(f"init-student.pretrain_facts: expected one of {list(PRETRAIN_FACTS)}, got {facts!r}")
     rng = random.Random(world.seed)
     docs = []
     for p in generate_problems(world, "train"):
-        facts = []
+        out = []
         for _ in range(4):
             a, b = rng.randint(1, 9), rng.randint(1, 9)
-            facts.append(f"{a}+{b}={a + b}." if rng.random() < 0.5 else f"{max(a, b)}-{min(a, b)}={abs(a - b)}.")
-        docs.append(f"{p.question} {p.question} {' '.join(facts)}")
+            x, op, y, r = (a, "+", b, a + b) if rng.random() < 0.5 else (max(a, b), "-", min(a, b), abs(a - b))
+            # the compact branch draws nothing more, so its text (and every base built before) is unchanged
+            spaced = facts == "both" and rng.random() < 0.5
+            out.append(f"{x} {op} {y} = {r}." if spaced else f"{x}{op}{y}={r}.")
+        docs.append(f"{p.question} {p.question} {' '.join(out)}")
     return docs
 
 
@@ -85,6 +102,8 @@ def model_path(run_dir: str | Path) -> Path:
 def run(cfg: InitStudentConfig) -> Path:
     """Build and save the student; a no-op when it exists; returns the run dir (model in ``model/``)."""
     cfg.student.validate()
+    if cfg.pretrain_facts not in PRETRAIN_FACTS:
+        raise ValueError(f"init-student.pretrain_facts: expected one of {list(PRETRAIN_FACTS)}, got {cfg.pretrain_facts!r}")
     run_dir = stage_dir(cfg.out, "student", cfg)
     if is_done(run_dir):
         log.info("init-student: %s is complete, nothing to do", run_dir)
@@ -93,7 +112,7 @@ def run(cfg: InitStudentConfig) -> Path:
     save_config(run_dir, cfg)
     path = init_student(model_path(run_dir), student_corpus(cfg.corpus_world), cfg.student)
     if cfg.pretrain_steps:
-        docs = pretraining_docs(cfg.pretrain_world)
+        docs = pretraining_docs(cfg.pretrain_world, cfg.pretrain_facts)
         history = pretrain(path, docs, cfg.pretrain_steps, seed=cfg.student.seed)
         (run_dir / "pretrain_log.json").write_text(__import__("json").dumps(history))
     mark_done(run_dir, {"model": "model"})
