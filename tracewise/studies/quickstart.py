@@ -51,8 +51,10 @@ class QuickstartConfig:
     world: WorldConfig = doc("Embedded world: problem counts, levels, seed.", factory=_world)
     student: StudentConfig = doc("Tiny student architecture.", factory=StudentConfig)
     pretrain_steps: int = doc("Style-neutral base pretraining steps of the student (see init-student).", 300)
-    pretrain_facts: str = doc("Notation of the pretraining text's arithmetic facts (see init-student): 'both' "
-                              "teachers' notations equally often, or 'compact' (the gpt-oss teacher's only).", "compact")
+    pretrain_facts: str = doc("Notation of the base's pretraining facts (see init-student): 'both' teachers' "
+                              "notations equally often, or 'compact' ('7-1=6', the gpt-oss teacher's only: the base then "
+                              "already knows the concise student's arithmetic tokens; with it the 3-seed r1 student "
+                              "was 0.78 pass@1 against 1.00 with 'both'; README).", "both")
     teachers: list[TeacherConfig] = doc("Procedural teachers (style and error rates).", factory=_teachers)
     judge: JudgeConfig = doc("Procedural judge error rates.", factory=JudgeConfig)
     filter: str = doc("Correctness filter for curation: judge | math_verify | both | none.", "both")
