@@ -28,3 +28,15 @@ def test_bf16_on_a_cpu_without_bf16_units_warns_and_only_then(monkeypatch, caplo
         monkeypatch.setattr(common, "cpu_has_native_bf16", lambda: True)
         common.warn_if_slow_cpu_bf16(True, cuda=False, where="train.sft")   # CPU with bf16 units: fine
     assert caplog.text == ""
+
+
+def test_sft_and_rl_resolve_bf16_the_same_way_and_both_warn(monkeypatch, caplog) -> None:
+    """None = on exactly when CUDA is there; an explicit value wins; train rl warns as train sft does."""
+    monkeypatch.setattr(common, "cpu_has_native_bf16", lambda: False)
+    assert common.resolve_bf16(None, cuda=False, where="train.rl") is False
+    assert common.resolve_bf16(None, cuda=True, where="train.rl") is True
+    assert common.resolve_bf16(False, cuda=True, where="train.rl") is False
+    assert caplog.text == ""
+    with caplog.at_level(logging.WARNING):
+        assert common.resolve_bf16(True, cuda=False, where="train.rl") is True
+    assert "train.rl: bf16 on a CPU without avx512_bf16/AMX" in caplog.text

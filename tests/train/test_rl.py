@@ -156,6 +156,20 @@ def test_trainer_args_follow_the_config(tmp_path):
     assert type(rloo).__name__ == "RLOOConfig" and rloo.beta == 1e-3
 
 
+def test_bf16_on_a_cpu_without_bf16_units_warns_in_train_rl_too(tmp_path, monkeypatch, caplog):
+    import logging
+
+    from tracewise.train import common
+
+    monkeypatch.setattr(common, "cpu_has_native_bf16", lambda: False)
+    with caplog.at_level(logging.WARNING):
+        assert rl.trainer_args(_cfg(tmp_path, "gpt2"), str(tmp_path / "ck"), [1.0]).bf16 is False
+    assert caplog.text == ""  # default bf16=None: off on a CPU, nothing to warn about
+    with caplog.at_level(logging.WARNING):
+        assert rl.trainer_args(_cfg(tmp_path, "gpt2", bf16=True), str(tmp_path / "ck"), [1.0]).bf16 is True
+    assert "train.rl: bf16 on a CPU without avx512_bf16/AMX" in caplog.text
+
+
 def test_rewards_get_eos_ids_and_see_think_tags(sft_model):
     from transformers import AutoTokenizer
 

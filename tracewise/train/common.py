@@ -44,6 +44,13 @@ def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
+def resolve_bf16(requested: bool | None, cuda: bool, where: str) -> bool:
+    """A stage's ``bf16`` setting as used: None = on with CUDA; warns when it means slow bf16 on a CPU."""
+    bf16 = cuda if requested is None else requested
+    warn_if_slow_cpu_bf16(bf16, cuda, where)
+    return bf16
+
+
 def warn_if_slow_cpu_bf16(bf16: bool, cuda: bool, where: str) -> None:
     """A warning (not an error: results are right, only slow) when bf16 is asked for on a CPU without bf16 units."""
     if bf16 and not cuda and not cpu_has_native_bf16():

@@ -37,8 +37,8 @@ from tracewise.core.store import is_done, last_complete_checkpoint, mark_done, s
 from tracewise.core.seeds import Replicated, run_seeds as run_each, seeds_field
 from tracewise.core.threads import THREADS_HELP, use_threads
 from tracewise.data.sources import ProblemsConfig, load_problems
-from tracewise.train.common import (checkpoint_step, prepare_trainer, quiet_library_warnings, restore_final_checkpoint,
-                                    series)
+from tracewise.train.common import (checkpoint_step, prepare_trainer, quiet_library_warnings, resolve_bf16,
+                                    restore_final_checkpoint, series)
 from tracewise.train.hf_trainer import check_report_to
 
 log = logging.getLogger(__name__)
@@ -291,7 +291,7 @@ def trainer_args(cfg: RLRunConfig, output_dir: str, weights: list[float], max_mo
     from trl import GRPOConfig, RLOOConfig
 
     cuda = torch.cuda.is_available()
-    bf16 = cuda if cfg.bf16 is None else cfg.bf16
+    bf16 = resolve_bf16(cfg.bf16, cuda, "train.rl")
     vllm = _use_vllm(cfg, cuda)
     kwargs: dict[str, Any] = dict(
         output_dir=output_dir,

@@ -34,7 +34,7 @@ from tracewise.core.seeds import Replicated, run_seeds as run_each, seeds_field
 from tracewise.core.store import is_done, mark_done, save_config, stage_dir
 from tracewise.core.threads import THREADS_HELP, use_threads
 from tracewise.train.common import (claim_run_dir, prepare_trainer, quiet_library_warnings, restore_final_checkpoint,
-                                    series, warn_if_slow_cpu_bf16)
+                                    resolve_bf16, series)
 from tracewise.train.hf_trainer import BATCH_ORDERS, check_report_to, trainer_class
 
 log = logging.getLogger(__name__)
@@ -311,8 +311,7 @@ def build_trainer(cfg: SFTRunConfig, output_dir: str | Path, grad_accum: int | N
     if not tokenizer.chat_template and not cfg.chat_template:
         raise ValueError(f"{cfg.model}: its tokenizer has no chat template (a base model?); set "
                          "train.sft.chat_template, e.g. chat_template=configs/paper/chat_template.jinja")
-    bf16 = cuda if cfg.bf16 is None else cfg.bf16
-    warn_if_slow_cpu_bf16(bf16, cuda, "train.sft")
+    bf16 = resolve_bf16(cfg.bf16, cuda, "train.sft")
     args = training_args(cfg, str(output_dir), grad_accum or cfg.grad_accum, bf16, cuda)
     # After the SFTConfig: under DeepSpeed ZeRO-3 it registers the config that makes from_pretrained
     # load each weight straight into its shard instead of whole on every rank.
