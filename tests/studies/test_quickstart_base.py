@@ -36,3 +36,11 @@ def test_the_shipped_quickstart_yaml_matches_the_built_in_default() -> None:
 
     shipped = yaml.safe_load((Path(__file__).parents[2] / "configs" / "quickstart.yaml").read_text())
     assert shipped["pretrain_facts"] == qs.QuickstartConfig().pretrain_facts == "both"
+
+
+def test_an_unknown_pretrain_facts_stops_the_quickstart_before_it_writes_anything(tmp_path) -> None:
+    from tracewise.core.config import load_config
+
+    with pytest.raises(ValueError, match=r"quickstart.pretrain_facts: expected one of \['both', 'compact'\]"):
+        qs.run(load_config(qs.QuickstartConfig, None, ["pretrain_facts=spaced", f"out={tmp_path / 'qs'}"]))
+    assert not (tmp_path / "qs").exists()

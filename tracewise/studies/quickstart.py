@@ -81,6 +81,7 @@ class QuickstartConfig:
             raise ValueError("quickstart.teachers: need at least two teachers with distinct styles")
         if self.parallel < 1:
             raise ValueError("quickstart.parallel must be >= 1")
+        init_stage.check_pretrain_facts(self.pretrain_facts, "quickstart")
         try:
             self.seed_values()
         except ValueError as e:

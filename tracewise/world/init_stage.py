@@ -70,6 +70,11 @@ def student_corpus(world: WorldConfig) -> list[str]:
 PRETRAIN_FACTS = ("both", "compact")
 
 
+def check_pretrain_facts(facts: str, where: str = "init-student") -> None:
+    if facts not in PRETRAIN_FACTS:
+        raise ValueError(f"{where}.pretrain_facts: expected one of {list(PRETRAIN_FACTS)}, got {facts!r}")
+
+
 def pretraining_docs(world: WorldConfig, facts: str = "compact") -> list[str]:
     """Style-neutral text: a problem statement twice (so the model learns to read and copy it),
     then four single-digit facts (so it knows the arithmetic a base model would know).
@@ -79,8 +84,7 @@ def pretraining_docs(world: WorldConfig, facts: str = "compact") -> list[str]:
     per fact, so neither student starts with its own arithmetic tokens already learnt."""
     import random
 
-    if facts not in PRETRAIN_FACTS:
-        raise ValueError(f"init-student.pretrain_facts: expected one of {list(PRETRAIN_FACTS)}, got {facts!r}")
+    check_pretrain_facts(facts)
     rng = random.Random(world.seed)
     docs = []
     for p in generate_problems(world, "train"):
@@ -102,8 +106,7 @@ def model_path(run_dir: str | Path) -> Path:
 def run(cfg: InitStudentConfig) -> Path:
     """Build and save the student; a no-op when it exists; returns the run dir (model in ``model/``)."""
     cfg.student.validate()
-    if cfg.pretrain_facts not in PRETRAIN_FACTS:
-        raise ValueError(f"init-student.pretrain_facts: expected one of {list(PRETRAIN_FACTS)}, got {cfg.pretrain_facts!r}")
+    check_pretrain_facts(cfg.pretrain_facts)  # before the run dir exists
     run_dir = stage_dir(cfg.out, "student", cfg)
     if is_done(run_dir):
         log.info("init-student: %s is complete, nothing to do", run_dir)
